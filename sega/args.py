@@ -1,0 +1,216 @@
+"""The args model: every SEGA setting, typed, from the UI's positional values, an API
+object or infotext — and back. The rows of `sega.fields.FIELDS` say what each one is."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from sega.concepts import DEFAULT_MAX_CONCEPTS, Concept, format_concepts, parse_concepts
+from sega.errors import SegaInputError, did_you_mean
+from sega.fields import BY_NAME, CONCEPT_KEYS, FIELDS, _type_name
+from sega.guidance import ConceptGuidance, SegaGuidance
+from sega.steps import Steps
+
+CONCEPT_OBJECT_KEYS = ("prompt", "reverse", *CONCEPT_KEYS)
+
+
+@dataclass(frozen=True)
+class SegaArgs:
+    enabled: bool = BY_NAME["enabled"].default
+    concepts: tuple[Concept, ...] = ()
+    scale: float = BY_NAME["scale"].default
+    threshold: float = BY_NAME["threshold"].default
+    warmup: Steps = BY_NAME["warmup"].default
+    cooldown: Steps | None = BY_NAME["cooldown"].default
+    weight: float = BY_NAME["weight"].default
+    momentum_scale: float = BY_NAME["momentum_scale"].default
+    momentum_beta: float = BY_NAME["momentum_beta"].default
+    hires: bool = BY_NAME["hires"].default
+
+    @property
+    def active(self) -> bool:
+        return self.enabled and bool(self.concepts)
+
+    # ---- reading -----------------------------------------------------------------------
+
+    @classmethod
+    def from_values(cls, values: Sequence[Any], max_concepts: int = DEFAULT_MAX_CONCEPTS) -> SegaArgs:
+        """The script's args as the host passes them: the UI's positional values, or (API)
+        a single named object in the first position, the rest being the UI defaults."""
+        values = list(values)
+        if values and isinstance(values[0], Mapping):
+            return cls.from_named(values[0], max_concepts)
+        if len(values) > len(FIELDS):
+            raise SegaInputError(
+                "args", f"takes at most {len(FIELDS)} positional values, got {len(values)}"
+            )
+        named = {f.name: v for f, v in zip(FIELDS, values, strict=False)}
+        return cls.from_named(named, max_concepts)
+
+    @classmethod
+    def from_named(cls, named: Mapping[str, Any], max_concepts: int = DEFAULT_MAX_CONCEPTS) -> SegaArgs:
+        if not isinstance(named, Mapping):
+            raise SegaInputError("args", f"must be an object of named settings, got {_type_name(named)}")
+        known = [f.name for f in FIELDS]
+        out: dict[str, Any] = {}
+        for key, value in named.items():
+            if key not in BY_NAME:
+                raise SegaInputError(str(key), f"is not a SEGA setting{did_you_mean(key, known)}")
+            if key == "concepts":
+                out[key] = coerce_concepts(value, max_concepts)
+            else:
+                out[key] = BY_NAME[key].coerce(value)
+        args = cls(**out)
+        args.check_order()
+        return args
+
+    @classmethod
+    def from_infotext(cls, params: Mapping[str, str], max_concepts: int = DEFAULT_MAX_CONCEPTS) -> SegaArgs | None:
+        """The settings written by `to_infotext`, or None when the parameters hold no SEGA."""
+        concepts_key = BY_NAME["concepts"].infotext
+        if concepts_key not in params:
+            return None
+        named: dict[str, Any] = {"enabled": True}
+        for f in FIELDS:
+            if f.infotext and f.infotext in params:
+                named[f.name] = params[f.infotext]
+        return cls.from_named(named, max_concepts)
+
+    # ---- writing -----------------------------------------------------------------------
+
+    def to_infotext(self) -> dict[str, str]:
+        """Generation parameters: the concepts plus every setting that is not its default."""
+        if not self.active:
+            return {}
+        out = {BY_NAME["concepts"].infotext: format_concepts(self.concepts)}
+        for f in FIELDS:
+            if f.infotext and f.name != "concepts":
+                value = getattr(self, f.name)
+                if value != f.default:
+                    out[f.infotext] = f.format(value)
+        return out
+
+    def ui_values(self) -> list[Any]:
+        """Positional values in the UI's order (the inverse of `from_values`)."""
+        out = []
+        for f in FIELDS:
+            value = getattr(self, f.name)
+            if f.name == "concepts":
+                value = format_concepts(value)
+            elif f.kind in ("steps", "optional_steps"):
+                value = f.format(value)
+            out.append(value)
+        return out
+
+    # ---- checks and resolution ----------------------------------------------------------
+
+    def effective(self, concept: Concept) -> dict[str, Any]:
+        """A concept's settings with the defaults filled in."""
+        return {k: getattr(self, k) if getattr(concept, k) is None else getattr(concept, k) for k in CONCEPT_KEYS}
+
+    def check_order(self) -> None:
+        """Cooldown after warm-up, where both are in the same unit (else at `guidance`)."""
+        for i, concept in enumerate(self.concepts, start=1):
+            e = self.effective(concept)
+            w, c = e["warmup"], e["cooldown"]
+            if c is not None and w.percent == c.percent and c.value <= w.value:
+                raise SegaInputError(
+                    f"concepts[{i}]", f"cooldown ({c}) must come after warmup ({w}) for '{concept.text}'"
+                )
+
+    def concept_guidance(self, total_steps: int) -> list[ConceptGuidance]:
+        """Each concept's settings for a pass of `total_steps` sampler steps."""
+        out = []
+        for i, concept in enumerate(self.concepts, start=1):
+            e = self.effective(concept)
+            warmup = e["warmup"].resolve(total_steps)
+            cooldown = None if e["cooldown"] is None else e["cooldown"].resolve(total_steps)
+            if cooldown is not None and cooldown <= warmup:
+                raise SegaInputError(
+                    f"concepts[{i}]",
+                    f"cooldown ({e['cooldown']} = step {cooldown}) must come after warmup "
+                    f"({e['warmup']} = step {warmup}) at {total_steps} steps for '{concept.text}'",
+                )
+            out.append(
+                ConceptGuidance(
+                    scale=e["scale"],
+                    threshold=e["threshold"],
+                    warmup=warmup,
+                    cooldown=cooldown,
+                    weight=e["weight"],
+                    reverse=concept.reverse,
+                )
+            )
+        return out
+
+    def guidance(self, total_steps: int) -> SegaGuidance:
+        return SegaGuidance(self.concept_guidance(total_steps), self.momentum_scale, self.momentum_beta)
+
+    def with_values(self, **changes: Any) -> SegaArgs:
+        return replace(self, **changes)
+
+
+def coerce_concepts(value: Any, max_concepts: int = DEFAULT_MAX_CONCEPTS) -> tuple[Concept, ...]:
+    """Concepts from concept-language text, or (API) a list of lines or objects."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        BY_NAME["concepts"].coerce(value)  # length limit
+        return parse_concepts(value, max_concepts).raise_for_errors()
+    if not isinstance(value, (list, tuple)):
+        raise SegaInputError("concepts", f"must be text or a list of concepts, got {_type_name(value)}")
+    if len(value) > max_concepts:
+        raise SegaInputError("concepts", f"has {len(value)} concepts; the limit is {max_concepts} (Settings → SEGA)")
+    out = []
+    for i, item in enumerate(value, start=1):
+        name = f"concepts[{i}]"
+        if isinstance(item, Concept):
+            out.append(item)
+        elif isinstance(item, str):
+            parsed = parse_concepts(item, 1)
+            if len(parsed.concepts) + len(parsed.errors) != 1:
+                raise SegaInputError(name, "must be exactly one concept line")
+            out.extend(parsed.raise_for_errors(name))
+        elif isinstance(item, Mapping):
+            out.append(concept_from_object(item, name))
+        else:
+            raise SegaInputError(name, f"must be an object or a concept line, got {_type_name(item)}")
+    return tuple(out)
+
+
+def concept_from_object(obj: Mapping[str, Any], name: str) -> Concept:
+    values: dict[str, Any] = {}
+    for key, value in obj.items():
+        if key == "text":
+            key = "prompt"
+        if key not in CONCEPT_OBJECT_KEYS:
+            hint = did_you_mean(key, CONCEPT_OBJECT_KEYS)
+            raise SegaInputError(f"{name}.{key}", f"is not a concept setting{hint}")
+        if value is None:
+            continue
+        try:
+            if key == "prompt":
+                if not isinstance(value, str):
+                    raise SegaInputError(key, f"must be text, got {_type_name(value)}")
+                if "\n" in value or "\r" in value:
+                    raise SegaInputError(key, "must be a single line")
+                if not value.strip():
+                    raise SegaInputError(key, "is empty")
+                if len(value) > 2000:
+                    raise SegaInputError(key, f"is {len(value)} characters long; the limit is 2000")
+                values["text"] = value.strip()
+            elif key == "reverse":
+                values[key] = BY_NAME["enabled"].coerce(value)
+            else:
+                values[key] = BY_NAME[key].coerce(value)
+        except SegaInputError as e:
+            raise SegaInputError(f"{name}.{key}", e.problem) from None
+    if "text" not in values:
+        raise SegaInputError(f"{name}.prompt", "is missing")
+    return Concept(**values)
+
+
+def field_names() -> tuple[str, ...]:
+    return tuple(f.name for f in fields(SegaArgs))

@@ -1,0 +1,197 @@
+"""The SEGA guidance step, host-free.
+
+`SegaGuidance` holds one sampling pass's concept settings and momentum and turns the
+concept noise estimates of one step into the term to add to the guided noise estimate.
+It follows diffusers' `SemanticStableDiffusionPipeline` step by step (see
+../shared/docs/sega-reference.md in the project and README "Deviations").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class ConceptGuidance:
+    """One concept's settings with warm-up and cooldown already resolved to steps."""
+
+    scale: float = 5.0
+    threshold: float = 0.95
+    warmup: int = 0
+    cooldown: int | None = None  # None: the concept never cools down
+    weight: float = 1.0
+    reverse: bool = False
+
+    def is_warm(self, step: int) -> bool:
+        return step >= self.warmup
+
+    def is_cooled(self, step: int) -> bool:
+        return self.cooldown is not None and step >= self.cooldown
+
+
+def abs_quantile(values: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Linear-interpolation quantile of |values| over the last dim, one q per leading row.
+
+    Bit-identical to `torch.quantile(values.abs(), q_i, dim=-1)` taken row by row, but
+    vectorised over rows that each have their own q, and without the host-side checks
+    torch.quantile runs on a tensor q (a device sync).
+    """
+    ordered = values.abs().to(torch.float32).sort(dim=-1).values
+    ranks = q.to(torch.float32) * (ordered.shape[-1] - 1)
+    below = ranks.long()
+    weight = ranks - below
+    above = ranks.ceil().long()
+    low = ordered.gather(-1, below.unsqueeze(-1)).squeeze(-1)
+    high = ordered.gather(-1, above.unsqueeze(-1)).squeeze(-1)
+    return low.lerp(high, weight)
+
+
+def threshold_guidance(psi: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """Keep the entries of psi [K, B, C, H, W] whose magnitude reaches the per-concept
+    percentile `thresholds` [K], taken over H×W for every (concept, image, channel)."""
+    k, b, c = psi.shape[:3]
+    flat = psi.reshape(k, b, c, -1)
+    q = abs_quantile(flat, thresholds.view(k, 1, 1).expand(k, b, c)).to(psi.dtype)
+    keep = flat.abs() >= q.unsqueeze(-1)
+    return torch.where(keep, flat, torch.zeros((), dtype=psi.dtype, device=psi.device)).view_as(psi)
+
+
+class SegaGuidance:
+    """Per-pass SEGA state: the concepts' settings and the momentum ν.
+
+    Call `rows_needed(step)` to learn which concepts' estimates the step uses, evaluate
+    exactly those, then `step(step, eps_uncond, eps_concepts)` for the term to add to the
+    guided noise estimate ε_u + s_g(ε_p − ε_u). Steps are 0-based and must be fed in order,
+    once each (momentum advances on every call).
+    """
+
+    def __init__(
+        self,
+        concepts: Sequence[ConceptGuidance],
+        momentum_scale: float = 0.3,
+        momentum_beta: float = 0.6,
+    ):
+        if not concepts:
+            raise ValueError("SegaGuidance needs at least one concept")
+        self.concepts = tuple(concepts)
+        self.momentum_scale = float(momentum_scale)
+        self.momentum_beta = float(momentum_beta)
+        self.momentum: torch.Tensor | None = None
+        # Per-device parameter tensors and per-active-set index tensors, built once, so a
+        # step never copies host data to the device.
+        self._params: dict[tuple[torch.device, torch.dtype], dict[str, torch.Tensor]] = {}
+        self._indices: dict[tuple[torch.device, tuple[int, ...]], torch.Tensor] = {}
+        self._cache: dict[tuple, object] = {}
+
+    def __len__(self) -> int:
+        return len(self.concepts)
+
+    def rows_needed(self, step: int) -> tuple[int, ...]:
+        """Indices of the concepts whose noise estimate can change this step's result.
+
+        A cooled-down or zero-weight concept contributes exactly 0; an unwarmed concept
+        only feeds the momentum, which is unused when the momentum scale is 0.
+        """
+        return tuple(
+            i
+            for i, c in enumerate(self.concepts)
+            if not c.is_cooled(step)
+            and c.weight > 0
+            and (c.is_warm(step) or self.momentum_scale != 0.0)
+        )
+
+    def _tensors(self, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        key = (device, dtype)
+        if key not in self._params:
+            cs = self.concepts
+            self._params[key] = {
+                "signed_scale": torch.tensor(
+                    [-c.scale if c.reverse else c.scale for c in cs], dtype=dtype, device=device
+                ),
+                "threshold": torch.tensor([c.threshold for c in cs], dtype=torch.float32, device=device),
+                "weight": torch.tensor([max(c.weight, 0.0) for c in cs], dtype=dtype, device=device),
+            }
+        return self._params[key]
+
+    def _index(self, device: torch.device, active: tuple[int, ...]) -> torch.Tensor:
+        key = (device, active)
+        if key not in self._indices:
+            self._indices[key] = torch.tensor(active, dtype=torch.long, device=device)
+        return self._indices[key]
+
+    def step(
+        self,
+        step: int,
+        eps_uncond: torch.Tensor,
+        eps_concepts: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The SEGA term for one step.
+
+        eps_uncond: [B, C, H, W]; eps_concepts: [K, B, C, H, W] for the K concepts of
+        `rows_needed(step)`, in that order (None or K = 0 when none are needed).
+        """
+        active = self.rows_needed(step)
+        k = 0 if eps_concepts is None else eps_concepts.shape[0]
+        if k != len(active):
+            raise ValueError(f"step {step} needs {len(active)} concept estimates, got {k}")
+        device, dtype = eps_uncond.device, eps_uncond.dtype
+        if self.momentum is None:
+            self.momentum = torch.zeros_like(eps_uncond)
+
+        warm = tuple(c.is_warm(step) for c in self.concepts)
+        weights = tuple(0.0 if c.is_cooled(step) else max(c.weight, 0.0) for c in self.concepts)
+        n, b = len(self.concepts), eps_uncond.shape[0]
+
+        # The sums below run over every concept, with zero rows for the skipped ones,
+        # so that they add the same products in the same order as the reference does.
+        if active:
+            p = self._tensors(device, dtype)
+            idx = self._index(device, active)
+            shape = (len(active), 1, 1, 1, 1)
+            psi = (eps_concepts - eps_uncond.unsqueeze(0)) * p["signed_scale"].index_select(0, idx).view(shape)
+            psi = threshold_guidance(psi, p["threshold"].index_select(0, idx))
+            if len(active) < n:
+                psi = eps_uncond.new_zeros((n, *eps_uncond.shape)).index_copy_(0, idx, psi)
+            gamma = torch.einsum("cb,cbijk->bijk", self._weight_matrix(device, dtype, weights, b), psi)
+        else:
+            psi = None
+            gamma = torch.zeros_like(eps_uncond)
+
+        if self.momentum_scale != 0.0:
+            gamma = gamma + self.momentum_scale * self.momentum
+            self.momentum = self.momentum_beta * self.momentum + (1 - self.momentum_beta) * gamma
+
+        if all(warm):
+            return gamma
+        if not any(warm) or psi is None:
+            return torch.zeros_like(eps_uncond)
+        # Some but not all concepts warm: the warm ones apply at once, their weights
+        # normalised among the warm ones, without momentum.
+        w_hat, sel = self._warm_weights(device, dtype, warm, weights, b)
+        if w_hat is None:
+            # The reference divides 0 by 0 here (NaN); no warm weight means no edit.
+            return torch.zeros_like(eps_uncond)
+        return torch.einsum("cb,cbijk->bijk", w_hat, psi.index_select(0, sel))
+
+    def _weight_matrix(self, device, dtype, weights, batch):
+        key = ("w", device, dtype, weights, batch)
+        if key not in self._cache:
+            self._cache[key] = torch.tensor(weights, dtype=dtype).view(-1, 1).repeat(1, batch).to(device)
+        return self._cache[key]
+
+    def _warm_weights(self, device, dtype, warm, weights, batch):
+        """Weights of the warm concepts normalised among themselves, cached per phase."""
+        key = ("warm", device, dtype, warm, weights, batch)
+        if key not in self._cache:
+            warm_idx = tuple(i for i, is_warm in enumerate(warm) if is_warm)
+            w = torch.tensor([weights[i] for i in warm_idx], dtype=dtype).view(-1, 1).repeat(1, batch)
+            total = w.sum(dim=0)
+            if not bool((total > 0).all()):
+                self._cache[key] = (None, None)
+            else:
+                # Divide in the estimates' dtype, as the reference does.
+                self._cache[key] = ((w / total).to(device), self._index(device, warm_idx))
+        return self._cache[key]
