@@ -3,7 +3,7 @@ WebUI already provides, so nothing is installed; we only warn about WebUIs too o
 
 import re
 
-MIN_VERSION = (1, 6, 0)
+MIN_VERSION = (1, 10, 0)  # process_before_every_sampling, which SEGA needs, arrived in 1.10
 
 
 def _webui_version():
@@ -21,5 +21,5 @@ version = _webui_version()
 if version is not None and version < MIN_VERSION:
     print(
         f"[SEGA] WebUI {'.'.join(map(str, version))} is older than "
-        f"{'.'.join(map(str, MIN_VERSION))}; SEGA supports 1.6 to 1.10."
+        f"{'.'.join(map(str, MIN_VERSION))}; SEGA needs WebUI 1.10 or newer and stays off on this one."
     )

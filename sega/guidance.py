@@ -64,8 +64,10 @@ class SegaGuidance:
 
     Call `rows_needed(step)` to learn which concepts' estimates the step uses, evaluate
     exactly those, then `step(step, eps_uncond, eps_concepts)` for the term to add to the
-    guided noise estimate ε_u + s_g(ε_p − ε_u). Steps are 0-based and must be fed in order,
-    once each (momentum advances on every call).
+    guided noise estimate ε_u + s_g(ε_p − ε_u). Steps are 0-based and fed in order. A step
+    may be fed more than once (second-order samplers evaluate the model twice per step):
+    every call of a step sees the momentum as it was before that step, and the momentum
+    after the step is the one its last call computed.
     """
 
     def __init__(
@@ -80,6 +82,8 @@ class SegaGuidance:
         self.momentum_scale = float(momentum_scale)
         self.momentum_beta = float(momentum_beta)
         self.momentum: torch.Tensor | None = None
+        self._momentum_before: torch.Tensor | None = None
+        self._last_step: int | None = None
         # Per-device parameter tensors and per-active-set index tensors, built once, so a
         # step never copies host data to the device.
         self._params: dict[tuple[torch.device, torch.dtype], dict[str, torch.Tensor]] = {}
@@ -140,6 +144,9 @@ class SegaGuidance:
         device, dtype = eps_uncond.device, eps_uncond.dtype
         if self.momentum is None:
             self.momentum = torch.zeros_like(eps_uncond)
+        if step != self._last_step:
+            self._momentum_before, self._last_step = self.momentum, step
+        momentum = self._momentum_before
 
         warm = tuple(c.is_warm(step) for c in self.concepts)
         weights = tuple(0.0 if c.is_cooled(step) else max(c.weight, 0.0) for c in self.concepts)
@@ -161,8 +168,8 @@ class SegaGuidance:
             gamma = torch.zeros_like(eps_uncond)
 
         if self.momentum_scale != 0.0:
-            gamma = gamma + self.momentum_scale * self.momentum
-            self.momentum = self.momentum_beta * self.momentum + (1 - self.momentum_beta) * gamma
+            gamma = gamma + self.momentum_scale * momentum
+            self.momentum = self.momentum_beta * momentum + (1 - self.momentum_beta) * gamma
 
         if all(warm):
             return gamma

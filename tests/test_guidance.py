@@ -114,3 +114,19 @@ def test_wrong_number_of_estimates_is_refused():
     eps_u, eps_c = _eps(2)
     with pytest.raises(ValueError, match="step 0 needs 1 concept estimates, got 2"):
         sega.step(0, eps_u, eps_c)
+
+
+def test_repeating_a_step_does_not_advance_momentum_twice():
+    def run(repeat):
+        sega = SegaGuidance([ConceptGuidance(warmup=1)], momentum_scale=0.5, momentum_beta=0.5)
+        terms = []
+        for i in range(4):
+            eps_u, eps_c = _eps(1, seed=i)
+            if repeat:  # a first call at another point, then the call that counts
+                other_u, other_c = _eps(1, seed=100 + i)
+                sega.step(i, other_u, other_c)
+            terms.append(sega.step(i, eps_u, eps_c))
+        return terms
+
+    for a, b in zip(run(False), run(True), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

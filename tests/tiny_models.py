@@ -81,3 +81,69 @@ def ddim_scheduler(prediction_type: str = "epsilon"):
         steps_offset=1,
         prediction_type=prediction_type,
     )
+
+
+class TinyLDM(torch.nn.Module):
+    """A random-weight model with the face the WebUI's samplers see on `shared.sd_model`:
+    `apply_model`, `alphas_cumprod`, `get_learned_conditioning` (75-token chunks, BREAK,
+    every prompt of a batch padded to the same chunk count), `cond_stage_model_empty_prompt`.
+    kind: "sd1" (tensor conds), "sdxl" (dict conds with a size-dependent `vector`) or "v"
+    (v-prediction)."""
+
+    VECTOR = 8
+
+    def __init__(self, kind: str = "sd1", seed: int = 0):
+        super().__init__()
+        from types import SimpleNamespace
+
+        self.kind = kind
+        self.tokenizer = byte_level_tokenizer()
+        self.text_encoder = text_encoder(seed=seed + 1)
+        extra = {}
+        if kind == "sdxl":
+            extra = dict(class_embed_type="projection", projection_class_embeddings_input_dim=self.VECTOR)
+        self.unet = unet(seed=seed + 2, sample_size=8, **extra)
+        self.parameterization = "v" if kind == "v" else "eps"
+        # The same float32 arithmetic as diffusers' "scaled_linear" schedule.
+        betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float32) ** 2
+        self.register_buffer("alphas_cumprod", torch.cumprod(1.0 - betas, dim=0))
+        self.cond_stage_key = "txt"
+        self.model = SimpleNamespace(conditioning_key="crossattn")
+        self.is_sdxl = kind == "sdxl"
+        with torch.no_grad():
+            self.cond_stage_model_empty_prompt = self._encode_chunks([[[]]])
+
+    def _chunks(self, text: str) -> list[list[int]]:
+        chunks = []
+        for part in text.split("BREAK"):
+            ids = self.tokenizer(part.strip(), add_special_tokens=False).input_ids
+            chunks.extend(ids[i : i + 75] for i in range(0, max(len(ids), 1), 75))
+        return chunks or [[]]
+
+    def _encode_chunks(self, chunk_lists):
+        n = max(len(c) for c in chunk_lists)
+        rows = []
+        for chunks in chunk_lists:
+            chunks = list(chunks) + [[]] * (n - len(chunks))
+            ids = torch.tensor([[0] + c + [1] * (76 - len(c)) for c in chunks])
+            rows.append(self.text_encoder(ids)[0].reshape(1, -1, self.text_encoder.config.hidden_size))
+        return torch.cat(rows)
+
+    def get_learned_conditioning(self, texts):
+        crossattn = self._encode_chunks([self._chunks(t) for t in texts])
+        if not self.is_sdxl:
+            return crossattn
+        width = getattr(texts, "width", None) or 1024
+        height = getattr(texts, "height", None) or 1024
+        pooled = crossattn.mean(dim=1)[:, : self.VECTOR - 2]
+        size = torch.tensor([[width / 1024, height / 1024]]).expand(len(texts), 2)
+        return {"crossattn": crossattn, "vector": torch.cat([pooled, size], dim=1)}
+
+    def apply_model(self, x, t, cond=None, **kwargs):
+        if "c_crossattn" in cond:
+            context, vector = cond["c_crossattn"][0], None
+        else:
+            context, vector = cond["crossattn"], cond["vector"]
+        if t.dim() == 0:
+            t = t.expand(x.shape[0])
+        return self.unet(x, t, encoder_hidden_states=context, class_labels=vector).sample

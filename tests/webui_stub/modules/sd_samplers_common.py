@@ -1,0 +1,89 @@
+"""modules/sd_samplers_common.py: sampler base, step callback and launch bookkeeping."""
+
+from dataclasses import dataclass, field
+
+from modules import shared
+from modules.shared import opts, state
+
+
+class InterruptedException(BaseException):
+    pass
+
+
+@dataclass
+class SamplerData:
+    name: str
+    constructor: object
+    aliases: list = field(default_factory=list)
+    options: dict = field(default_factory=dict)
+
+    def total_steps(self, steps):
+        return steps * 2 if self.options.get("second_order", False) else steps
+
+
+def setup_img2img_steps(p, steps=None):
+    if opts.img2img_fix_steps or steps is not None:
+        requested = steps or p.steps
+        steps = int(requested / min(p.denoising_strength, 0.999)) if p.denoising_strength > 0 else 0
+        t_enc = requested - 1
+    else:
+        steps = p.steps
+        t_enc = int(min(p.denoising_strength, 0.999) * steps)
+    return steps, t_enc
+
+
+def apply_refiner(cfg_denoiser, sigma=None):
+    """Swaps to `p.refiner_model` once `p.refiner_switch_at` of the calls are done."""
+    p = cfg_denoiser.p
+    refiner = getattr(p, "refiner_model", None)
+    if refiner is None or shared.sd_model is refiner:
+        return False
+    if cfg_denoiser.step / cfg_denoiser.total_steps < p.refiner_switch_at:
+        return False
+    shared.sd_model = refiner
+    cfg_denoiser.model_wrap = None
+    c, uc = p.get_conds()
+    cfg_denoiser.sampler.sampler_extra_args["cond"] = c
+    cfg_denoiser.sampler.sampler_extra_args["uncond"] = uc
+    return True
+
+
+class Sampler:
+    def __init__(self, funcname):
+        self.funcname = funcname
+        self.func = funcname
+        self.extra_params = []
+        self.sampler_noises = None
+        self.stop_at = None
+        self.eta = None
+        self.config = None
+        self.last_latent = None
+        self.s_min_uncond = None
+        self.model_wrap_cfg = None
+        self.sampler_extra_args = None
+        self.p = None
+
+    def callback_state(self, d):
+        step = d["i"]
+        if self.stop_at is not None and step > self.stop_at:
+            raise InterruptedException
+        state.sampling_step = step
+
+    def launch_sampling(self, steps, func):
+        self.model_wrap_cfg.steps = steps
+        self.model_wrap_cfg.total_steps = self.config.total_steps(steps)
+        state.sampling_steps = steps
+        state.sampling_step = 0
+        try:
+            return func()
+        except InterruptedException:
+            return self.last_latent
+
+    def initialize(self, p):
+        self.p = p
+        self.model_wrap_cfg.p = p
+        self.model_wrap_cfg.step = 0
+        self.model_wrap_cfg.image_cfg_scale = getattr(p, "image_cfg_scale", None)
+        self.eta = 0.0
+        self.s_min_uncond = getattr(p, "s_min_uncond", 0.0)
+        return {}

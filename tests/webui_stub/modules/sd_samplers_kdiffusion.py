@@ -1,0 +1,125 @@
+"""modules/sd_samplers_kdiffusion.py over the real k-diffusion samplers."""
+
+import inspect
+
+import k_diffusion.external
+import k_diffusion.sampling
+import torch
+
+from modules import sd_samplers_cfg_denoiser, sd_samplers_common, shared
+
+
+def _restart_like(model, x, sigmas, extra_args=None, callback=None, disable=None):
+    """Heun steps, calling back after the first model call of a step as the WebUI's
+    restart sampler does (its restart segments are left out here)."""
+    extra_args = extra_args or {}
+    s_in = x.new_ones([x.shape[0]])
+    for i in range(len(sigmas) - 1):
+        old, new = sigmas[i], sigmas[i + 1]
+        denoised = model(x, old * s_in, **extra_args)
+        d = (x - denoised) / old
+        if callback is not None:
+            callback({"x": x, "i": i, "sigma": new, "sigma_hat": old, "denoised": denoised})
+        if new == 0:
+            x = x + d * (new - old)
+        else:
+            x2 = x + d * (new - old)
+            d2 = (x2 - model(x2, new * s_in, **extra_args)) / new
+            x = x + (d + d2) / 2 * (new - old)
+    return x
+
+
+samplers_k_diffusion = [
+    ("DPM++ 2M", "sample_dpmpp_2m", {"scheduler": "karras"}),
+    ("DPM++ SDE", "sample_dpmpp_sde", {"scheduler": "karras", "second_order": True, "brownian_noise": True}),
+    ("Euler a", "sample_euler_ancestral", {"uses_ensd": True}),
+    ("Euler", "sample_euler", {}),
+    ("LMS", "sample_lms", {}),
+    ("Heun", "sample_heun", {"second_order": True}),
+    ("DPM2", "sample_dpm_2", {"scheduler": "karras", "discard_next_to_last_sigma": True, "second_order": True}),
+    ("DPM2 a", "sample_dpm_2_ancestral", {"scheduler": "karras", "discard_next_to_last_sigma": True, "second_order": True}),
+    ("DPM++ 2S a", "sample_dpmpp_2s_ancestral", {"scheduler": "karras", "second_order": True}),
+    ("DPM fast", "sample_dpm_fast", {}),
+    ("Restart", _restart_like, {"scheduler": "karras", "second_order": True}),
+]
+
+
+class CFGDenoiserKDiffusion(sd_samplers_cfg_denoiser.CFGDenoiser):
+    @property
+    def inner_model(self):
+        if self.model_wrap is None:
+            wrap = k_diffusion.external.CompVisVDenoiser if shared.sd_model.parameterization == "v" else k_diffusion.external.CompVisDenoiser
+            self.model_wrap = wrap(shared.sd_model, quantize=False)
+        return self.model_wrap
+
+
+class KDiffusionSampler(sd_samplers_common.Sampler):
+    def __init__(self, funcname, sd_model, options=None):
+        super().__init__(funcname)
+        self.options = options or {}
+        self.func = funcname if callable(funcname) else getattr(k_diffusion.sampling, funcname)
+        self.model_wrap_cfg = CFGDenoiserKDiffusion(self)
+        self.model_wrap = self.model_wrap_cfg.inner_model
+
+    def get_sigmas(self, p, steps):
+        discard = self.config is not None and self.config.options.get("discard_next_to_last_sigma", False)
+        steps += 1 if discard else 0
+        if self.config.options.get("scheduler") == "karras":
+            sigmas = k_diffusion.sampling.get_sigmas_karras(
+                n=steps, sigma_min=float(self.model_wrap.sigmas[0]), sigma_max=float(self.model_wrap.sigmas[-1])
+            )
+        else:
+            sigmas = self.model_wrap.get_sigmas(steps)
+        if discard:
+            sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
+        return sigmas
+
+    def _kwargs(self, sigmas, steps):
+        params = inspect.signature(self.func).parameters
+        kw = {}
+        if "sigmas" in params:
+            kw["sigmas"] = sigmas
+        if "sigma_min" in params:
+            kw["sigma_min"] = float(self.model_wrap.sigmas[0])
+            kw["sigma_max"] = float(self.model_wrap.sigmas[-1])
+        if "n" in params:
+            kw["n"] = steps
+        return kw
+
+    def _extra_args(self, p, conditioning, unconditional_conditioning, image_conditioning):
+        self.sampler_extra_args = {
+            "cond": conditioning,
+            "image_cond": image_conditioning,
+            "uncond": unconditional_conditioning,
+            "cond_scale": p.cfg_scale,
+            "s_min_uncond": self.s_min_uncond,
+        }
+
+    def sample(self, p, x, conditioning, unconditional_conditioning, steps=None, image_conditioning=None):
+        steps = steps or p.steps
+        sigmas = self.get_sigmas(p, steps)
+        x = x * sigmas[0]
+        self.initialize(p)
+        kw = self._kwargs(sigmas, steps)
+        self._extra_args(p, conditioning, unconditional_conditioning, image_conditioning)
+        self.last_latent = x
+        return self.launch_sampling(
+            steps,
+            lambda: self.func(self.model_wrap_cfg, x, extra_args=self.sampler_extra_args, disable=True,
+                              callback=self.callback_state, **kw),
+        )
+
+    def sample_img2img(self, p, x, noise, conditioning, unconditional_conditioning, steps=None, image_conditioning=None):
+        steps, t_enc = sd_samplers_common.setup_img2img_steps(p, steps)
+        sigmas = self.get_sigmas(p, steps)
+        sigma_sched = sigmas[steps - t_enc - 1:]
+        xi = x + noise * sigma_sched[0]
+        self.initialize(p)
+        kw = self._kwargs(sigma_sched, t_enc + 1)
+        self._extra_args(p, conditioning, unconditional_conditioning, image_conditioning)
+        self.last_latent = x
+        return self.launch_sampling(
+            t_enc + 1,
+            lambda: self.func(self.model_wrap_cfg, xi, extra_args=self.sampler_extra_args, disable=True,
+                              callback=self.callback_state, **kw),
+        )

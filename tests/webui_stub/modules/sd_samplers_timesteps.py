@@ -1,0 +1,127 @@
+"""modules/sd_samplers_timesteps.py: DDIM and PLMS, whose denoiser returns ε."""
+
+import torch
+
+from modules import sd_samplers_cfg_denoiser, sd_samplers_common, shared
+
+
+@torch.no_grad()
+def ddim(model, x, timesteps, extra_args=None, callback=None, disable=None):
+    """Deterministic DDIM over `timesteps` (ascending), len(timesteps) - 1 steps."""
+    acp = model.inner_model.inner_model.alphas_cumprod
+    a = acp[timesteps]
+    a_prev = acp[torch.nn.functional.pad(timesteps[:-1], (1, 0))].double()
+    ones = x.new_ones(x.shape[0])
+    for i in range(len(timesteps) - 1):
+        k = len(timesteps) - 1 - i
+        eps = model(x, timesteps[k].item() * ones, **extra_args)
+        at, ap = a[k].item(), a_prev[k].item()
+        x0 = (x - (1 - at) ** 0.5 * eps) / at ** 0.5
+        x = ap ** 0.5 * x0 + (1 - ap) ** 0.5 * eps
+        if callback is not None:
+            callback({"x": x, "i": i, "sigma": 0, "sigma_hat": 0, "denoised": x0})
+    return x
+
+
+@torch.no_grad()
+def plms(model, x, timesteps, extra_args=None, callback=None, disable=None):
+    """PLMS: a pseudo improved-Euler first step (two model calls), then Adams–Bashforth."""
+    acp = model.inner_model.inner_model.alphas_cumprod
+    a = acp[timesteps]
+    a_prev = acp[torch.nn.functional.pad(timesteps[:-1], (1, 0))].double()
+    ones = x.new_ones(x.shape[0])
+    history = []
+
+    def update(x, eps, k):
+        at, ap = a[k].item(), a_prev[k].item()
+        x0 = (x - (1 - at) ** 0.5 * eps) / at ** 0.5
+        return ap ** 0.5 * x0 + (1 - ap) ** 0.5 * eps, x0
+
+    coefficients = {1: [1.5, -0.5], 2: [23 / 12, -16 / 12, 5 / 12], 3: [55 / 24, -59 / 24, 37 / 24, -9 / 24]}
+    for i in range(len(timesteps) - 1):
+        k = len(timesteps) - 1 - i
+        eps = model(x, timesteps[k].item() * ones, **extra_args)
+        if not history:
+            x_next, _ = update(x, eps, k)
+            eps_next = model(x_next, timesteps[max(k - 1, 0)].item() * ones, **extra_args)
+            eps_prime = (eps + eps_next) / 2
+        else:
+            c = coefficients[min(len(history), 3)]
+            eps_prime = c[0] * eps + sum(ci * e for ci, e in zip(c[1:], reversed(history[-3:]), strict=False))
+        x, x0 = update(x, eps_prime, k)
+        history.append(eps)
+        if callback is not None:
+            callback({"x": x, "i": i, "sigma": 0, "sigma_hat": 0, "denoised": x0})
+    return x
+
+
+samplers_timesteps = [("DDIM", ddim, {}), ("PLMS", plms, {})]
+
+
+class CompVisTimestepsDenoiser(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.inner_model = model
+
+    def forward(self, input, timesteps, **kwargs):
+        return self.inner_model.apply_model(input, timesteps, **kwargs)
+
+
+class CompVisTimestepsVDenoiser(CompVisTimestepsDenoiser):
+    def forward(self, input, timesteps, **kwargs):
+        v = self.inner_model.apply_model(input, timesteps, **kwargs)
+        acp = self.inner_model.alphas_cumprod[timesteps.long()].view(-1, 1, 1, 1).to(input.dtype)
+        return acp.sqrt() * v + (1 - acp).sqrt() * input
+
+
+class CFGDenoiserTimesteps(sd_samplers_cfg_denoiser.CFGDenoiser):
+    def get_pred_x0(self, x_in, x_out, sigma):
+        return x_out
+
+    @property
+    def inner_model(self):
+        if self.model_wrap is None:
+            cls = CompVisTimestepsVDenoiser if shared.sd_model.parameterization == "v" else CompVisTimestepsDenoiser
+            self.model_wrap = cls(shared.sd_model)
+        return self.model_wrap
+
+
+class CompVisSampler(sd_samplers_common.Sampler):
+    def __init__(self, funcname, sd_model):
+        super().__init__(funcname)
+        self.model_wrap_cfg = CFGDenoiserTimesteps(self)
+        self.model_wrap = self.model_wrap_cfg.inner_model
+
+    def get_timesteps(self, p, steps):
+        return torch.clip(torch.asarray(list(range(0, 1000, 1000 // steps))) + 1, 0, 999)
+
+    def _extra_args(self, p, c, uc, image_conditioning):
+        self.sampler_extra_args = {"cond": c, "image_cond": image_conditioning, "uncond": uc,
+                                   "cond_scale": p.cfg_scale, "s_min_uncond": self.s_min_uncond}
+
+    def sample(self, p, x, conditioning, unconditional_conditioning, steps=None, image_conditioning=None):
+        steps = steps or p.steps
+        timesteps = self.get_timesteps(p, steps)
+        self.initialize(p)
+        self._extra_args(p, conditioning, unconditional_conditioning, image_conditioning)
+        self.last_latent = x
+        return self.launch_sampling(
+            steps,
+            lambda: self.func(self.model_wrap_cfg, x, extra_args=self.sampler_extra_args, disable=True,
+                              callback=self.callback_state, timesteps=timesteps),
+        )
+
+    def sample_img2img(self, p, x, noise, conditioning, unconditional_conditioning, steps=None, image_conditioning=None):
+        steps, t_enc = sd_samplers_common.setup_img2img_steps(p, steps)
+        timesteps = self.get_timesteps(p, steps)
+        sched = timesteps[:t_enc]
+        acp = shared.sd_model.alphas_cumprod
+        xi = x * acp[timesteps[t_enc]].sqrt() + noise * (1 - acp[timesteps[t_enc]]).sqrt()
+        self.initialize(p)
+        self._extra_args(p, conditioning, unconditional_conditioning, image_conditioning)
+        self.last_latent = x
+        return self.launch_sampling(
+            t_enc + 1,
+            lambda: self.func(self.model_wrap_cfg, xi, extra_args=self.sampler_extra_args, disable=True,
+                              callback=self.callback_state, timesteps=sched),
+        )

@@ -1,0 +1,51 @@
+"""opts, state and the loaded model, as the WebUI's modules.shared holds them."""
+
+
+class Options:
+    defaults = {
+        "skip_early_cond": 0.0,
+        "s_min_uncond_all": False,
+        "pad_cond_uncond": False,
+        "pad_cond_uncond_v0": False,
+        "batch_cond_uncond": True,
+        "sega_max_concepts": 8,
+        "img2img_fix_steps": False,
+    }
+
+    def __init__(self):
+        self.data = dict(self.defaults)
+
+    def __getattr__(self, name):
+        try:
+            return self.__dict__["data"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name, value):
+        if name == "data":
+            super().__setattr__(name, value)
+        else:
+            self.data[name] = value
+
+    def reset(self):
+        self.data = dict(self.defaults)
+
+
+class State:
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.interrupted = False
+        self.skipped = False
+        self.sampling_step = 0
+        self.sampling_steps = 0
+
+    def interrupt(self):
+        self.interrupted = True
+
+
+opts = Options()
+state = State()
+sd_model = None
+device = "cpu"
