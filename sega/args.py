@@ -36,18 +36,59 @@ class SegaArgs:
     # ---- reading -----------------------------------------------------------------------
 
     @classmethod
-    def from_values(cls, values: Sequence[Any], max_concepts: int = DEFAULT_MAX_CONCEPTS) -> SegaArgs:
+    def from_values(
+        cls,
+        values: Sequence[Any],
+        max_concepts: int = DEFAULT_MAX_CONCEPTS,
+        overrides: Mapping[Any, Any] | None = None,
+    ) -> SegaArgs:
         """The script's args as the host passes them: the UI's positional values, or (API)
-        a single named object in the first position, the rest being the UI defaults."""
+        a single named object in the first position, the rest being the UI defaults.
+
+        `overrides` (from X/Y/Z axes) replace settings before they are checked: a field
+        name → value, "concepts_sr" → (search, replace) over the concepts text, and
+        ("concept", k, key) → value for the k-th concept (1-based).
+        """
         values = list(values)
         if values and isinstance(values[0], Mapping):
-            return cls.from_named(values[0], max_concepts)
-        if len(values) > len(FIELDS):
-            raise SegaInputError(
-                "args", f"takes at most {len(FIELDS)} positional values, got {len(values)}"
-            )
-        named = {f.name: v for f, v in zip(FIELDS, values, strict=False)}
-        return cls.from_named(named, max_concepts)
+            named = dict(values[0])
+        else:
+            if len(values) > len(FIELDS):
+                raise SegaInputError(
+                    "args", f"takes at most {len(FIELDS)} positional values, got {len(values)}"
+                )
+            named = {f.name: v for f, v in zip(FIELDS, values, strict=False)}
+        per_concept = {}
+        for key, value in (overrides or {}).items():
+            if isinstance(key, tuple):
+                per_concept[key] = value
+            elif key == "concepts_sr":
+                search, replace_with = value
+                text = named.get("concepts") or ""
+                if not isinstance(text, str):
+                    raise SegaInputError("concepts", "search/replace needs the concepts as text")
+                named["concepts"] = text.replace(search, replace_with)
+            else:
+                named[key] = value
+        args = cls.from_named(named, max_concepts)
+        if per_concept:
+            args = args._with_concept_overrides(per_concept)
+        return args
+
+    def _with_concept_overrides(self, overrides: Mapping[tuple, Any]) -> SegaArgs:
+        concepts = list(self.concepts)
+        for (_, k, key), value in sorted(overrides.items(), key=lambda kv: kv[0][1:]):
+            name = f"concepts[{k}].{key}"
+            if not 1 <= k <= len(concepts):
+                raise SegaInputError(name, f"there is no concept {k} (the concepts box has {len(concepts)})")
+            try:
+                coerced = BY_NAME[key].coerce(value)
+            except SegaInputError as e:
+                raise SegaInputError(name, e.problem) from None
+            concepts[k - 1] = replace(concepts[k - 1], **{key: coerced})
+        args = replace(self, concepts=tuple(concepts))
+        args.check_order()
+        return args
 
     @classmethod
     def from_named(cls, named: Mapping[str, Any], max_concepts: int = DEFAULT_MAX_CONCEPTS) -> SegaArgs:

@@ -152,7 +152,8 @@ def format_concept(concept: Concept) -> str:
     text = concept.text
     if concept.reverse:
         sign = "-"
-    elif text[:1] in ("-", "+", "#"):
+    elif text[:1] in ("-", "+", "#", '"'):
+        # '"' too: the WebUI's infotext reader unquotes any value that starts with a quote.
         sign = "+"
     else:
         sign = ""

@@ -1,6 +1,15 @@
 """opts, state and the loaded model, as the WebUI's modules.shared holds them."""
 
 
+class OptionInfo:
+    def __init__(self, default=None, label="", component=None, component_args=None, onchange=None, section=None, **kw):
+        self.default = default
+        self.label = label
+        self.component = component
+        self.component_args = component_args
+        self.section = section
+
+
 class Options:
     defaults = {
         "skip_early_cond": 0.0,
@@ -29,6 +38,13 @@ class Options:
 
     def reset(self):
         self.data = dict(self.defaults)
+
+    def add_option(self, key, info):
+        type(self).defaults[key] = info.default
+        self.data.setdefault(key, info.default)
+        self.data_labels[key] = info
+
+    data_labels = {}
 
 
 class State:

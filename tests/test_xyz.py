@@ -1,0 +1,128 @@
+"""X/Y/Z plot axes, applied to copies of p as the WebUI's xyz_grid does, then run."""
+
+from __future__ import annotations
+
+import copy
+import types
+
+import pytest
+import torch
+from host_harness import Host, sega_values
+
+from sega.args import SegaArgs
+from sega_webui import xyz
+
+
+class AxisOption:
+    """The constructor signature of scripts/xyz_grid.py's AxisOption (WebUI 1.10.1)."""
+
+    def __init__(self, label, type, apply, format_value=None, confirm=None, cost=0.0, choices=None, prepare=None):
+        self.label, self.type, self.apply = label, type, apply
+        self.format_value, self.confirm, self.cost, self.choices, self.prepare = format_value, confirm, cost, choices, prepare
+
+
+@pytest.fixture(scope="module")
+def host():
+    return Host()
+
+
+@pytest.fixture(scope="module")
+def axes():
+    return {a.label: a for a in xyz.axes(AxisOption, 4)}
+
+
+def run_cell(host, axis, value, values, base_values=None, **p_kwargs):
+    """One grid cell: copy p, apply the axis, process_images."""
+    w = host.w
+    w.shared.sd_model = __import__("host_harness").model("sd1")
+    runner = w.scripts.ScriptRunner([(host.script, len(base_values or sega_values()))])
+    p = w.processing.StableDiffusionProcessingTxt2Img(
+        prompt="a photo of a face", steps=6, script_args=[None] + (base_values or sega_values()), scripts=runner,
+        **p_kwargs,
+    )
+    pc = copy.copy(p)
+    if axis.confirm:
+        axis.confirm(pc, values)
+    axis.apply(pc, axis.type(value) if not isinstance(value, axis.type if isinstance(axis.type, type) else str) else value, values)
+    result = w.processing.process_images(pc)
+    assert getattr(p, xyz.OVERRIDES_ATTR, None) is None  # the original p is untouched
+    return result
+
+
+def reproduce(host, result):
+    args = SegaArgs.from_infotext(result.extra_generation_params)
+    values = args.ui_values() if args is not None else sega_values(enabled=False)
+    return host.generate(values, prompt="a photo of a face", steps=6).images
+
+
+CASES = [
+    ("[SEGA] Edit scale", ["3", "8"], "SEGA scale"),
+    ("[SEGA] Threshold", ["0.8", "0.99"], "SEGA threshold"),
+    ("[SEGA] Warm-up", ["1", "50%"], "SEGA warmup"),
+    ("[SEGA] Cooldown", ["3", "5"], "SEGA cooldown"),
+    ("[SEGA] Weight", ["0.5", "2"], "SEGA weight"),
+    ("[SEGA] Momentum scale", ["0", "0.9"], "SEGA momentum"),
+    ("[SEGA] Momentum beta", ["0.1", "0.9"], "SEGA momentum beta"),
+    ("[SEGA] Concepts", ["smile", "hat\\n-glasses"], "SEGA concepts"),
+    ("[SEGA] Concepts S/R", ["smile", "frown"], "SEGA concepts"),
+    ("[SEGA] Concept 1 edit scale", ["2", "9"], "SEGA concepts"),
+    ("[SEGA] Concept 2 threshold", ["0.5", "0.99"], "SEGA concepts"),
+    ("[SEGA] Concept 2 warm-up", ["1", "3"], "SEGA concepts"),
+    ("[SEGA] Concept 1 cooldown", ["2", "60%"], "SEGA concepts"),
+    ("[SEGA] Concept 1 weight", ["0", "3"], "SEGA concepts"),
+]
+
+
+@pytest.mark.parametrize("label, values, key", CASES, ids=[c[0] for c in CASES])
+def test_each_value_gives_its_own_reproducible_image(host, axes, label, values, key):
+    axis = axes[label]
+    base = sega_values("smile\n-glasses", warmup="1")
+    images = []
+    for value in values:
+        typed = [axis.type(v) for v in values]
+        result = run_cell(host, axis, axis.type(value), typed, base)
+        assert host.reported == [] and not any(c.startswith("SEGA off") for c in result.comments), result.comments
+        assert key in result.extra_generation_params
+        assert torch.equal(reproduce(host, result), result.images)
+        images.append(result.images)
+    assert not torch.equal(images[0], images[1])
+
+
+def test_enabled_and_hires_axes(host, axes):
+    off = run_cell(host, axes["[SEGA] Enabled"], "False", ["True", "False"], sega_values())
+    on = run_cell(host, axes["[SEGA] Enabled"], "True", ["True", "False"], sega_values(enabled=False))
+    assert torch.equal(off.images, host.generate(None, steps=6).images)
+    assert not torch.equal(on.images, off.images) and on.extra_generation_params["SEGA concepts"] == "smile\n-glasses"
+    hr = dict(enable_hr=True, hr_second_pass_steps=2, denoising_strength=0.5)
+    no_hires = run_cell(host, axes["[SEGA] Apply in hires. fix pass"], "False", ["True", "False"], sega_values(), **hr)
+    assert no_hires.extra_generation_params["SEGA hires"] == "False"
+
+
+def test_confirm_refuses_bad_values_before_the_grid(axes):
+    with pytest.raises(RuntimeError, match=r"\[SEGA\] SEGA threshold: must be between 0 and 1, got 7"):
+        axes["[SEGA] Threshold"].confirm(None, [0.9, 7.0])
+    with pytest.raises(RuntimeError, match=r"concepts\[1\]\.weight: cannot be negative"):
+        axes["[SEGA] Concept 1 weight"].confirm(None, [-1.0])
+
+
+def test_a_missing_concept_is_reported_under_the_image(host, axes):
+    result = run_cell(host, axes["[SEGA] Concept 4 edit scale"], 3.0, [3.0], sega_values("smile"))
+    assert list(result.comments) == ["SEGA off (concepts[4].scale): there is no concept 4 (the concepts box has 1)"]
+
+
+def test_axes_are_registered_once_with_the_webui_xyz_module(host):
+    module = types.ModuleType("xyz_grid")
+    module.AxisOption = AxisOption
+    module.axis_options = [AxisOption("Nothing", str, lambda p, x, xs: None)]
+    script_class = type("Script", (), {"__module__": "xyz_grid.py"})
+    data = types.SimpleNamespace(script_class=script_class, module=module)
+    scripts = host.w.scripts
+    scripts.scripts_data = [data]
+    try:
+        host.w.host.on_before_ui()
+        host.w.host.on_before_ui()
+    finally:
+        del scripts.scripts_data
+    labels = [a.label for a in module.axis_options]
+    assert len(labels) == len(set(labels))
+    assert "[SEGA] Threshold" in labels and "[SEGA] Concept 8 weight" in labels
