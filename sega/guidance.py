@@ -107,6 +107,11 @@ class SegaGuidance:
             and (c.is_warm(step) or self.momentum_scale != 0.0)
         )
 
+    def is_idle(self, step: int) -> bool:
+        """True when this step's term is exactly zero and calling `step` would change
+        nothing: no concept needs rows and the momentum is either unused or still zero."""
+        return not self.rows_needed(step) and (self.momentum_scale == 0.0 or self.momentum is None)
+
     def _tensors(self, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         key = (device, dtype)
         if key not in self._params:

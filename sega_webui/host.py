@@ -52,6 +52,8 @@ class SegaPass:
     steps: int | None = None
     stopped: bool = False
     error: str | None = None
+    separate_calls: bool = False
+    rows_cache: dict = field(default_factory=dict)
 
     def start(self, steps: int) -> None:
         self.steps = steps
@@ -84,6 +86,9 @@ class CallRecord:
     sigma: torch.Tensor  # their sigmas (k-diffusion) or timesteps, [B]
     eps_space: bool
     term: torch.Tensor | None = None
+    concept_rows: object = None  # low-VRAM mode: the concepts' conds, evaluated separately
+    image_cond: torch.Tensor | None = None
+    dict_conds: bool = False
 
 
 class _Current:
@@ -131,6 +136,7 @@ def begin_pass(p) -> None:
     name = getattr(config, "name", "") or getattr(p, "sampler_name", "")
     second_order = bool(getattr(config, "options", {}).get("second_order", False))
     pass_ = SegaPass(run.args, model, sampler, schedules, StepClock(name, second_order))
+    pass_.separate_calls = bool(getattr(shared.opts, "sega_low_vram", False))
     _hook_sampler(sampler, pass_, name)
     run.current = pass_
 
@@ -212,39 +218,104 @@ def on_cfg_denoiser(params) -> None:
     if _host_skips_uncond(denoiser, params.sigma[-batch:]):
         return  # no unconditional estimate this call: nothing to steer against
     step = pass_.clock.step_for_call(denoiser.step)
+    if pass_.guidance.is_idle(step):
+        return  # nothing SEGA could add: the host's plain step, untouched
     active = pass_.guidance.rows_needed(step)
     eps_space = isinstance(denoiser, CFGDenoiserTimesteps) if CFGDenoiserTimesteps else False
     record = CallRecord(
         run, pass_, step, active, params.x.shape[0] - batch, batch, params.x[-batch:], params.sigma[-batch:], eps_space
     )
-    if active:
+    if active and pass_.separate_calls:
+        # Low-VRAM: the concepts get their own model calls in cfg_denoised.
+        record.image_cond = params.image_cond[-batch:]
+        record.concept_rows = _concept_rows(pass_, active, batch, denoiser.step, params.text_cond, None)
+        record.dict_conds = isinstance(params.text_cond, dict)
+    elif active:
         new = _with_concept_rows(params, pass_, active, batch, denoiser.step)
         params.x, params.sigma, params.image_cond, params.text_cond = new
     _current.record = record
+
+
+def _concept_rows(pass_: SegaPass, active, batch: int, call: int, like, length: int | None):
+    """The active concepts' conds, B rows each (concept-major), on the device and in the
+    dtype of `like`, padded to `length` tokens when given. Cached per schedule phase, so a
+    step normally reuses them instead of rebuilding and copying them to the device."""
+    phase = tuple(_schedule_index(schedule, call) for schedule in pass_.schedules)
+    key = (phase, active, batch, length, _cond_signature(like))
+    cached = pass_.rows_cache.get(key)
+    if cached is None:
+        make_dict = _dict_maker(like)
+        concept = prompt_parser.reconstruct_cond_batch(pass_.schedules, call)
+        concept = rows.select_rows(concept, torch.tensor(active, dtype=torch.long), batch, make_dict)
+        if length is not None and rows.token_length(concept) < length:
+            concept = rows.pad_tokens(concept, length, _empty_chunk(), make_dict)
+        cached = _to_device(concept, like, make_dict)
+        if len(pass_.rows_cache) > 64:
+            pass_.rows_cache.clear()
+        pass_.rows_cache[key] = cached
+    return cached
+
+
+def _schedule_index(schedule, call: int) -> int:
+    # The host's rule (prompt_parser.reconstruct_cond_batch): first entry not ended yet.
+    for i, entry in enumerate(schedule):
+        if call <= entry.end_at_step:
+            return i
+    return 0
+
+
+def _cond_signature(cond):
+    t = cond["crossattn"] if isinstance(cond, dict) else cond
+    return (type(cond), t.dtype, t.device)
+
+
+def _empty_chunk():
+    empty = getattr(shared.sd_model, "cond_stage_model_empty_prompt", None)
+    if empty is None:
+        raise RuntimeError("the WebUI gives no empty-prompt chunk to pad concept conds with")
+    return empty
 
 
 def _with_concept_rows(params, pass_: SegaPass, active, batch: int, call: int):
     """x, sigma, image_cond and text_cond with B rows per active concept, all built before
     any is handed back, so a failure leaves the host's tensors as they were."""
     make_dict = _dict_maker(params.text_cond)
-    k = len(active)
-    concept = prompt_parser.reconstruct_cond_batch(pass_.schedules, call)
-    index = torch.tensor(active, dtype=torch.long)
-    concept = rows.select_rows(concept, index, batch, make_dict)
     text = params.text_cond
-    length = max(rows.token_length(text), rows.token_length(concept))
-    empty = getattr(shared.sd_model, "cond_stage_model_empty_prompt", None)
-    if rows.token_length(text) != length or rows.token_length(concept) != length:
-        if empty is None:
-            raise RuntimeError("the WebUI gives no empty-prompt chunk to pad concept conds with")
-        text = rows.pad_tokens(text, length, empty, make_dict)
-        concept = rows.pad_tokens(concept, length, empty, make_dict)
+    longest = max(_schedule_tokens(pass_.schedules[i]) for i in active)
+    length = max(rows.token_length(text), longest)
+    concept = _concept_rows(pass_, active, batch, call, text, length)
+    if rows.token_length(text) < length:
+        text = rows.pad_tokens(text, length, _empty_chunk(), make_dict)
     return (
-        rows.insert_before_last(params.x, batch, k),
-        rows.insert_before_last(params.sigma, batch, k),
-        rows.insert_before_last(params.image_cond, batch, k),
-        rows.cat_conds(text, _to_device(concept, text, make_dict), make_dict),
+        rows.insert_before_last(params.x, batch, len(active)),
+        rows.insert_before_last(params.sigma, batch, len(active)),
+        rows.insert_before_last(params.image_cond, batch, len(active)),
+        rows.cat_conds(text, concept, make_dict),
     )
+
+
+def _schedule_tokens(schedule) -> int:
+    return max(rows.token_length_one(entry.cond) for entry in schedule)
+
+
+def _evaluate_separately(record, inner_model, out_like):
+    """Low-VRAM: each concept's B rows in a model call of their own."""
+    b = record.batch
+    outs = []
+    for j in range(len(record.active)):
+        cond = _subscript(record.concept_rows, j * b, (j + 1) * b)
+        if record.dict_conds:
+            condition = {**cond, "c_concat": [record.image_cond]}
+        else:
+            condition = {"c_crossattn": [cond], "c_concat": [record.image_cond]}
+        outs.append(inner_model(record.x, record.sigma, cond=condition))
+    return torch.cat(outs).to(out_like.dtype)
+
+
+def _subscript(cond, a, b):
+    if isinstance(cond, dict):
+        return {k: v[a:b] for k, v in cond.items()}
+    return cond[a:b]
 
 
 def _to_device(cond, like, make_dict):
@@ -278,11 +349,15 @@ def on_cfg_denoised(params) -> None:
         return
     x_out = params.x
     b, k, r = record.batch, len(record.active), record.cond_rows
-    if x_out.shape[0] != r + k * b + b:
+    separate = record.concept_rows is not None
+    if x_out.shape[0] != r + (0 if separate else k * b) + b:
         _current.record = None  # another extension changed the rows; leave this call alone
         return
     uncond = x_out[-b:]
-    concepts = x_out[r : r + k * b].reshape(k, b, *x_out.shape[1:]) if k else None
+    if separate:
+        concepts = _evaluate_separately(record, params.inner_model, x_out).reshape(k, b, *x_out.shape[1:])
+    else:
+        concepts = x_out[r : r + k * b].reshape(k, b, *x_out.shape[1:]) if k else None
     if not record.eps_space:
         sigma = record.sigma.to(x_out.dtype).view(b, *([1] * (x_out.dim() - 1)))
         uncond = (record.x - uncond) / sigma
@@ -336,6 +411,9 @@ def on_ui_settings() -> None:
     shared.opts.add_option("sega_max_concepts", shared.OptionInfo(
         DEFAULT_MAX_CONCEPTS, "Most concepts per generation", gr.Slider, {"minimum": 1, "maximum": 16, "step": 1},
         section=section))
+    shared.opts.add_option("sega_low_vram", shared.OptionInfo(
+        False, "Low VRAM: evaluate concepts in model calls of their own instead of widening the batch "
+        "(same images, peak memory near a plain generation's, a little slower)", gr.Checkbox, section=section))
     for f in FIELDS:
         if f.name in ("enabled", "concepts"):
             continue

@@ -13,7 +13,13 @@ import torch
 
 
 def token_length(cond) -> int:
+    """Tokens of a batch of conds [R, T, D] (or an SDXL dict of them)."""
     return (cond["crossattn"] if isinstance(cond, Mapping) else cond).shape[1]
+
+
+def token_length_one(cond) -> int:
+    """Tokens of one cond [T, D] (or an SDXL dict), as a schedule entry holds it."""
+    return (cond["crossattn"] if isinstance(cond, Mapping) else cond).shape[0]
 
 
 def pad_tokens(cond, length: int, empty: torch.Tensor, make_dict: Callable):
