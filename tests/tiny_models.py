@@ -92,17 +92,18 @@ class TinyLDM(torch.nn.Module):
 
     VECTOR = 8
 
-    def __init__(self, kind: str = "sd1", seed: int = 0):
+    def __init__(self, kind: str = "sd1", seed: int = 0, unet_model=None, hidden: int = 32, vector: int = 8):
         super().__init__()
         from types import SimpleNamespace
 
         self.kind = kind
+        self.VECTOR = vector
         self.tokenizer = byte_level_tokenizer()
-        self.text_encoder = text_encoder(seed=seed + 1)
+        self.text_encoder = text_encoder(seed=seed + 1, hidden=hidden)
         extra = {}
         if kind == "sdxl":
             extra = dict(class_embed_type="projection", projection_class_embeddings_input_dim=self.VECTOR)
-        self.unet = unet(seed=seed + 2, sample_size=8, **extra)
+        self.unet = unet_model if unet_model is not None else unet(seed=seed + 2, sample_size=8, **extra)
         self.parameterization = "v" if kind == "v" else "eps"
         # The same float32 arithmetic as diffusers' "scaled_linear" schedule.
         betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float32) ** 2
@@ -111,7 +112,7 @@ class TinyLDM(torch.nn.Module):
         self.model = SimpleNamespace(conditioning_key="crossattn")
         self.is_sdxl = kind == "sdxl"
         with torch.no_grad():
-            self.cond_stage_model_empty_prompt = self._encode_chunks([[[]]])
+            self.register_buffer("cond_stage_model_empty_prompt", self._encode_chunks([[[]]]))
 
     def _chunks(self, text: str) -> list[list[int]]:
         chunks = []
@@ -125,7 +126,7 @@ class TinyLDM(torch.nn.Module):
         rows = []
         for chunks in chunk_lists:
             chunks = list(chunks) + [[]] * (n - len(chunks))
-            ids = torch.tensor([[0] + c + [1] * (76 - len(c)) for c in chunks])
+            ids = torch.tensor([[0] + c + [1] * (76 - len(c)) for c in chunks], device=self.text_encoder.device)
             rows.append(self.text_encoder(ids)[0].reshape(1, -1, self.text_encoder.config.hidden_size))
         return torch.cat(rows)
 
@@ -136,7 +137,8 @@ class TinyLDM(torch.nn.Module):
         width = getattr(texts, "width", None) or 1024
         height = getattr(texts, "height", None) or 1024
         pooled = crossattn.mean(dim=1)[:, : self.VECTOR - 2]
-        size = torch.tensor([[width / 1024, height / 1024]]).expand(len(texts), 2)
+        pooled = torch.nn.functional.pad(pooled, (0, self.VECTOR - 2 - pooled.shape[1]))
+        size = torch.tensor([[width / 1024, height / 1024]], device=crossattn.device).expand(len(texts), 2)
         return {"crossattn": crossattn, "vector": torch.cat([pooled, size], dim=1)}
 
     def apply_model(self, x, t, cond=None, **kwargs):
@@ -146,4 +148,8 @@ class TinyLDM(torch.nn.Module):
             context, vector = cond["crossattn"], cond["vector"]
         if t.dim() == 0:
             t = t.expand(x.shape[0])
-        return self.unet(x, t, encoder_hidden_states=context, class_labels=vector).sample
+        dtype = self.unet.dtype  # the WebUI runs the UNet in its own dtype (fp16 on GPUs)
+        if vector is not None:
+            vector = vector.to(dtype)
+        out = self.unet(x.to(dtype), t, encoder_hidden_states=context.to(dtype), class_labels=vector).sample
+        return out.to(x.dtype)

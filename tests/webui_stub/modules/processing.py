@@ -61,7 +61,7 @@ class StableDiffusionProcessingTxt2Img:
 
     def noise(self, shape, batch_index):
         g = torch.Generator().manual_seed(self.seed + batch_index)
-        return torch.randn(shape, generator=g)
+        return torch.randn(shape, generator=g).to(shared.device)
 
     def sample(self, batch_index):
         self.sampler = sd_samplers.create_sampler(self.sampler_name, shared.sd_model)

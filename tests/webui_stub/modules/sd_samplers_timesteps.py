@@ -5,19 +5,29 @@ import torch
 from modules import sd_samplers_cfg_denoiser, sd_samplers_common, shared
 
 
-@torch.no_grad()
-def ddim(model, x, timesteps, extra_args=None, callback=None, disable=None):
-    """Deterministic DDIM over `timesteps` (ascending), len(timesteps) - 1 steps."""
+def _ddim_update(model, timesteps):
+    """update(x, eps, k) → (x at timestep k - 1, predicted x0), deterministic DDIM."""
     acp = model.inner_model.inner_model.alphas_cumprod
     a = acp[timesteps]
     a_prev = acp[torch.nn.functional.pad(timesteps[:-1], (1, 0))].double()
+
+    def update(x, eps, k):
+        at, ap = a[k].item(), a_prev[k].item()
+        x0 = (x - (1 - at) ** 0.5 * eps) / at ** 0.5
+        return ap ** 0.5 * x0 + (1 - ap) ** 0.5 * eps, x0
+
+    return update
+
+
+@torch.no_grad()
+def ddim(model, x, timesteps, extra_args=None, callback=None, disable=None):
+    """Deterministic DDIM over `timesteps` (ascending), len(timesteps) - 1 steps."""
+    update = _ddim_update(model, timesteps)
     ones = x.new_ones(x.shape[0])
     for i in range(len(timesteps) - 1):
         k = len(timesteps) - 1 - i
         eps = model(x, timesteps[k].item() * ones, **extra_args)
-        at, ap = a[k].item(), a_prev[k].item()
-        x0 = (x - (1 - at) ** 0.5 * eps) / at ** 0.5
-        x = ap ** 0.5 * x0 + (1 - ap) ** 0.5 * eps
+        x, x0 = update(x, eps, k)
         if callback is not None:
             callback({"x": x, "i": i, "sigma": 0, "sigma_hat": 0, "denoised": x0})
     return x
@@ -26,17 +36,9 @@ def ddim(model, x, timesteps, extra_args=None, callback=None, disable=None):
 @torch.no_grad()
 def plms(model, x, timesteps, extra_args=None, callback=None, disable=None):
     """PLMS: a pseudo improved-Euler first step (two model calls), then Adams–Bashforth."""
-    acp = model.inner_model.inner_model.alphas_cumprod
-    a = acp[timesteps]
-    a_prev = acp[torch.nn.functional.pad(timesteps[:-1], (1, 0))].double()
+    update = _ddim_update(model, timesteps)
     ones = x.new_ones(x.shape[0])
     history = []
-
-    def update(x, eps, k):
-        at, ap = a[k].item(), a_prev[k].item()
-        x0 = (x - (1 - at) ** 0.5 * eps) / at ** 0.5
-        return ap ** 0.5 * x0 + (1 - ap) ** 0.5 * eps, x0
-
     coefficients = {1: [1.5, -0.5], 2: [23 / 12, -16 / 12, 5 / 12], 3: [55 / 24, -59 / 24, 37 / 24, -9 / 24]}
     for i in range(len(timesteps) - 1):
         k = len(timesteps) - 1 - i
@@ -93,7 +95,7 @@ class CompVisSampler(sd_samplers_common.Sampler):
         self.model_wrap = self.model_wrap_cfg.inner_model
 
     def get_timesteps(self, p, steps):
-        return torch.clip(torch.asarray(list(range(0, 1000, 1000 // steps))) + 1, 0, 999)
+        return torch.clip(torch.asarray(list(range(0, 1000, 1000 // steps)), device=shared.device) + 1, 0, 999)
 
     def _extra_args(self, p, c, uc, image_conditioning):
         self.sampler_extra_args = {"cond": c, "image_cond": image_conditioning, "uncond": uc,
