@@ -48,7 +48,7 @@ class Shape:
     vector: int = 8
 
 
-TINY = Shape("tiny (CPU)", 32, 1, 20, dict(sample_size=32, block_out_channels=(32, 64), layers_per_block=1,
+TINY = Shape("tiny (CPU)", 32, 1, 10, dict(sample_size=32, block_out_channels=(32, 64), layers_per_block=1,
              down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
              cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8), 32)
 SD15 = Shape("SD1.5 512², 1 image", 64, 1, 20, dict(sample_size=64, cross_attention_dim=768, attention_head_dim=8), 768)
@@ -100,7 +100,9 @@ class Bench:
         return self._time_many([run], steps)[0]
 
     def _time_many(self, runs, steps):
-        """Median time per step of each run, the runs interleaved so drift hits all alike."""
+        """Median time per step of each run, the runs interleaved so drift hits all alike.
+        A run that returns a number has timed its own steps (steady state, without the
+        per-generation set-up); otherwise its wall time is divided by `steps`."""
         times = [[] for _ in runs]
         peaks = [None] * len(runs)
         for run in runs:
@@ -111,11 +113,21 @@ class Bench:
                 sync(self.device)
                 with peak(self.device, record):
                     t = time.perf_counter()
-                    run()
+                    own = run()
                     sync(self.device)
-                times[i].append((time.perf_counter() - t) / steps)
+                times[i].append(own if own is not None else (time.perf_counter() - t) / steps)
                 peaks[i] = record.get("peak")
         return [(statistics.median(t), pk) for t, pk in zip(times, peaks, strict=True)]
+
+    def stamps(self):
+        """A callback that notes the time (after the device caught up) and the notes."""
+        seen = []
+
+        def stamp(*_):
+            sync(self.device)
+            seen.append(time.perf_counter())
+
+        return stamp, seen
 
     @property
     def webui_steps(self):
@@ -130,14 +142,19 @@ class Bench:
 
         def run():
             opts.sega_low_vram = low_vram
-            hook = self.host.callback("cfg_denoiser", _widener(widen)) if widen else contextlib.nullcontext()
+            stamp, seen = self.stamps()
+            hooks = contextlib.ExitStack()
+            if widen:
+                hooks.enter_context(self.host.callback("cfg_denoiser", _widener(widen)))
+            hooks.enter_context(self.host.callback("cfg_denoiser", stamp))  # once per step (DDIM)
             try:
-                with hook:
+                with hooks:
                     self.host.generate(values, kind=s.kind, sampler_name="DDIM", steps=s.steps, batch_size=s.batch,
                                        width=s.latent * 8, height=s.latent * 8, cfg_scale=7.0)
             finally:
                 opts.sega_low_vram = False
             assert self.host.reported == [], self.host.reported[0]
+            return (seen[-1] - seen[0]) / (len(seen) - 1)
 
         return run
 
@@ -160,10 +177,12 @@ class Bench:
                           edit_cooldown_steps=[s.steps // 2] * n if cooldown else None)
 
         def run():
+            stamp, seen = self.stamps()
             with torch.no_grad():
                 pipe(prompt=["a photo of a face"] * s.batch, num_inference_steps=s.steps, guidance_scale=7.0,
                      latents=latents, output_type="latent", height=s.latent * pipe.vae_scale_factor,
-                     width=s.latent * pipe.vae_scale_factor, **kwargs)
+                     width=s.latent * pipe.vae_scale_factor, callback=stamp, **kwargs)
+            return (seen[-1] - seen[0]) / (len(seen) - 1)
 
         return run
 
@@ -255,10 +274,9 @@ def run_shape(shape: Shape, device, dtype, repeats: int) -> list[str]:
     lines += [head + (" peak mem ÷ plain |" if mem else ""), "|---" * (8 + mem) + "|"]
 
     def measure(runs):
-        """[(run, steps)] → per-step times (and peaks), interleaved."""
-        steps = [st for _, st in runs]
-        out = b._time_many([r for r, _ in runs], 1)
-        return [(t / st, pk) for (t, pk), st in zip(out, steps, strict=True)]
+        """[(run, steps)] → (per-step time, peak) of each, interleaved. The runs time their
+        own steps."""
+        return b._time_many([r for r, _ in runs], 1)
 
     def row(name, t, plain, bound=None, ref_t=None, ref_plain=None, target="", pk=None, plain_pk=None):
         cells = [name, f"{t * 1e3:.2f}", f"{t / plain:.3f}", "" if bound is None else f"{bound / plain:.3f}",
