@@ -66,7 +66,8 @@ def build_model(shape: Shape, device, dtype):
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(**shape.unet).eval()
+    with torch.device(device):  # random init where it runs: an SDXL-sized UNet is slow to init on a CPU
+        unet = UNet2DConditionModel(**shape.unet).eval()
     ldm = tiny_models.TinyLDM(shape.kind, unet_model=unet, hidden=shape.hidden, vector=shape.vector)
     ldm.unet.to(dtype)
     ldm.text_encoder.to(dtype)  # as in an fp16 pipeline: the reference feeds its embeddings to the UNet as they are

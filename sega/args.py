@@ -43,7 +43,8 @@ class SegaArgs:
         overrides: Mapping[Any, Any] | None = None,
     ) -> SegaArgs:
         """The script's args as the host passes them: the UI's positional values, or (API)
-        a single named object in the first position, the rest being the UI defaults.
+        a single named object in the first position, the rest being the UI defaults (which
+        fill in what the object leaves out; the object form is enabled unless it says no).
 
         `overrides` (from X/Y/Z axes) replace settings before they are checked: a field
         name → value, "concepts_sr" → (search, replace) over the concepts text, and
@@ -51,7 +52,12 @@ class SegaArgs:
         """
         values = list(values)
         if values and isinstance(values[0], Mapping):
-            named = dict(values[0])
+            # The WebUI fills the positions after the object with the UI's defaults (which
+            # Settings may have changed): settings the object leaves out take those. Sending
+            # an object means wanting SEGA, so it is on unless the object says otherwise.
+            named = {f.name: v for f, v in zip(FIELDS[1:], values[1:], strict=False)}
+            named["enabled"] = True
+            named.update(values[0])
         else:
             if len(values) > len(FIELDS):
                 raise SegaInputError(

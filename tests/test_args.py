@@ -51,6 +51,14 @@ def test_api_named_object_in_first_position():
     )
 
 
+def test_api_object_takes_missing_settings_from_the_ui_defaults_and_is_on():
+    ui_defaults = [False, "", 6.5, 0.9, "3", "", 1.0, 0.3, 0.6, False]  # Settings changed some
+    a = SegaArgs.from_values([{"concepts": "smile", "threshold": 0.975}, *ui_defaults[1:]])
+    assert a.enabled and a.concepts == (Concept("smile"),)
+    assert (a.scale, a.threshold, a.warmup, a.hires) == (6.5, 0.975, Steps(3.0), False)
+    assert not SegaArgs.from_values([{"enabled": False, "concepts": "smile"}]).active
+
+
 def test_disabled_or_empty_is_inactive():
     assert not SegaArgs.from_values([False, "smile"]).active
     assert not SegaArgs.from_values([True, "  \n# only a comment\n"]).active
