@@ -76,7 +76,6 @@ class SegaRun:
 
 @dataclass
 class CallRecord:
-    run: SegaRun
     pass_: SegaPass
     step: int
     active: tuple[int, ...]
@@ -223,7 +222,7 @@ def on_cfg_denoiser(params) -> None:
     active = pass_.guidance.rows_needed(step)
     eps_space = isinstance(denoiser, CFGDenoiserTimesteps) if CFGDenoiserTimesteps else False
     record = CallRecord(
-        run, pass_, step, active, params.x.shape[0] - batch, batch, params.x[-batch:], params.sigma[-batch:], eps_space
+        pass_, step, active, params.x.shape[0] - batch, batch, params.x[-batch:], params.sigma[-batch:], eps_space
     )
     if active and pass_.separate_calls:
         # Low-VRAM: the concepts get their own model calls in cfg_denoised.
@@ -303,19 +302,13 @@ def _evaluate_separately(record, inner_model, out_like):
     b = record.batch
     outs = []
     for j in range(len(record.active)):
-        cond = _subscript(record.concept_rows, j * b, (j + 1) * b)
+        cond = rows.slice_rows(record.concept_rows, j * b, (j + 1) * b)
         if record.dict_conds:
             condition = {**cond, "c_concat": [record.image_cond]}
         else:
             condition = {"c_crossattn": [cond], "c_concat": [record.image_cond]}
         outs.append(inner_model(record.x, record.sigma, cond=condition))
     return torch.cat(outs).to(out_like.dtype)
-
-
-def _subscript(cond, a, b):
-    if isinstance(cond, dict):
-        return {k: v[a:b] for k, v in cond.items()}
-    return cond[a:b]
 
 
 def _to_device(cond, like, make_dict):

@@ -46,6 +46,14 @@ def select_rows(cond, index: torch.Tensor, repeats: int, make_dict: Callable):
     return cond.index_select(0, index.to(cond.device)).repeat_interleave(repeats, dim=0)
 
 
+def slice_rows(cond, start: int, stop: int):
+    """Rows start:stop of a cond (tensor or SDXL dict; a dict comes back as a plain dict,
+    which is what the model's condition dict wants)."""
+    if isinstance(cond, Mapping):
+        return {k: v[start:stop] for k, v in cond.items()}
+    return cond[start:stop]
+
+
 def cat_conds(first, second, make_dict: Callable):
     if isinstance(first, Mapping):
         return make_dict({k: torch.cat([first[k], second[k].to(first[k].dtype)]) for k in first})
