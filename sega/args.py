@@ -4,12 +4,12 @@ object or infotext — and back. The rows of `sega.fields.FIELDS` say what each 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sega.concepts import DEFAULT_MAX_CONCEPTS, Concept, format_concepts, parse_concepts
 from sega.errors import SegaInputError, did_you_mean
-from sega.fields import BY_NAME, CONCEPT_KEYS, FIELDS, _type_name
+from sega.fields import BY_NAME, CONCEPT_KEYS, FIELDS, describe_value
 from sega.guidance import ConceptGuidance, SegaGuidance
 from sega.steps import Steps
 
@@ -99,7 +99,7 @@ class SegaArgs:
     @classmethod
     def from_named(cls, named: Mapping[str, Any], max_concepts: int = DEFAULT_MAX_CONCEPTS) -> SegaArgs:
         if not isinstance(named, Mapping):
-            raise SegaInputError("args", f"must be an object of named settings, got {_type_name(named)}")
+            raise SegaInputError("args", f"must be an object of named settings, got {describe_value(named)}")
         known = [f.name for f in FIELDS]
         out: dict[str, Any] = {}
         for key, value in named.items():
@@ -207,7 +207,7 @@ def coerce_concepts(value: Any, max_concepts: int = DEFAULT_MAX_CONCEPTS) -> tup
         BY_NAME["concepts"].coerce(value)  # length limit
         return parse_concepts(value, max_concepts).raise_for_errors()
     if not isinstance(value, (list, tuple)):
-        raise SegaInputError("concepts", f"must be text or a list of concepts, got {_type_name(value)}")
+        raise SegaInputError("concepts", f"must be text or a list of concepts, got {describe_value(value)}")
     if len(value) > max_concepts:
         raise SegaInputError("concepts", f"has {len(value)} concepts; the limit is {max_concepts} (Settings → SEGA)")
     out = []
@@ -223,7 +223,7 @@ def coerce_concepts(value: Any, max_concepts: int = DEFAULT_MAX_CONCEPTS) -> tup
         elif isinstance(item, Mapping):
             out.append(concept_from_object(item, name))
         else:
-            raise SegaInputError(name, f"must be an object or a concept line, got {_type_name(item)}")
+            raise SegaInputError(name, f"must be an object or a concept line, got {describe_value(item)}")
     return tuple(out)
 
 
@@ -240,7 +240,7 @@ def concept_from_object(obj: Mapping[str, Any], name: str) -> Concept:
         try:
             if key == "prompt":
                 if not isinstance(value, str):
-                    raise SegaInputError(key, f"must be text, got {_type_name(value)}")
+                    raise SegaInputError(key, f"must be text, got {describe_value(value)}")
                 if "\n" in value or "\r" in value:
                     raise SegaInputError(key, "must be a single line")
                 if not value.strip():
@@ -257,7 +257,3 @@ def concept_from_object(obj: Mapping[str, Any], name: str) -> Concept:
     if "text" not in values:
         raise SegaInputError(f"{name}.prompt", "is missing")
     return Concept(**values)
-
-
-def field_names() -> tuple[str, ...]:
-    return tuple(f.name for f in fields(SegaArgs))

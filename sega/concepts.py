@@ -14,7 +14,7 @@ follows it can only be overrides; otherwise it belongs to the prompt (as in `[ca
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 from sega.errors import SegaInputError, did_you_mean
 from sega.fields import BY_NAME, CONCEPT_KEYS
@@ -169,7 +169,3 @@ def format_concept(concept: Concept) -> str:
 
 def format_concepts(concepts) -> str:
     return "\n".join(format_concept(c) for c in concepts)
-
-
-def concept_field_names() -> tuple[str, ...]:
-    return tuple(f.name for f in fields(Concept))

@@ -40,7 +40,7 @@ class Field:
             if value is None:
                 return ""
             if not isinstance(value, str):
-                raise SegaInputError(self.name, f"must be text, got {_type_name(value)}")
+                raise SegaInputError(self.name, f"must be text, got {describe_value(value)}")
             if len(value) > MAX_TEXT_LENGTH:
                 raise SegaInputError(
                     self.name, f"is {len(value)} characters long; the limit is {MAX_TEXT_LENGTH}"
@@ -50,7 +50,7 @@ class Field:
 
     def _coerce_float(self, value: Any) -> float:
         if isinstance(value, bool) or value is None:
-            raise SegaInputError(self.name, f"must be a number, got {_type_name(value)}")
+            raise SegaInputError(self.name, f"must be a number, got {describe_value(value)}")
         if isinstance(value, str):
             try:
                 number = float(value.strip())
@@ -59,7 +59,7 @@ class Field:
         elif isinstance(value, (int, float)):
             number = float(value)
         else:
-            raise SegaInputError(self.name, f"must be a number, got {_type_name(value)}")
+            raise SegaInputError(self.name, f"must be a number, got {describe_value(value)}")
         if not math.isfinite(number):
             raise SegaInputError(self.name, f"must be a finite number, got {format_number_safe(number)}")
         if number < 0 <= self.minimum:
@@ -80,11 +80,11 @@ class Field:
                 return None
             raise SegaInputError(self.name, "needs a step count like 10 or a share like 20%")
         if isinstance(value, bool):
-            raise SegaInputError(self.name, f"must be a step count or a share like 20%, got {_type_name(value)}")
+            raise SegaInputError(self.name, f"must be a step count or a share like 20%, got {describe_value(value)}")
         if isinstance(value, (int, float)):
             value = format_number_safe(float(value))
         if not isinstance(value, str):
-            raise SegaInputError(self.name, f"must be a step count or a share like 20%, got {_type_name(value)}")
+            raise SegaInputError(self.name, f"must be a step count or a share like 20%, got {describe_value(value)}")
         try:
             steps = parse_steps(value)
         except ValueError as e:
@@ -118,7 +118,7 @@ def _coerce_bool(name: str, value: Any) -> bool:
     raise SegaInputError(name, f"must be true or false, got {_short(value)!r}")
 
 
-def _type_name(value: Any) -> str:
+def describe_value(value: Any) -> str:
     if value is None:
         return "null"
     if isinstance(value, bool):

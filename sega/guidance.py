@@ -84,10 +84,8 @@ class SegaGuidance:
         self.momentum: torch.Tensor | None = None
         self._momentum_before: torch.Tensor | None = None
         self._last_step: int | None = None
-        # Per-device parameter tensors and per-active-set index tensors, built once, so a
-        # step never copies host data to the device.
-        self._params: dict[tuple[torch.device, torch.dtype], dict[str, torch.Tensor]] = {}
-        self._indices: dict[tuple[torch.device, tuple[int, ...]], torch.Tensor] = {}
+        # Parameter, index and weight tensors per device and phase, built once, so a step
+        # never copies host data to the device.
         self._cache: dict[tuple, object] = {}
 
     def __len__(self) -> int:
@@ -113,23 +111,22 @@ class SegaGuidance:
         return not self.rows_needed(step) and (self.momentum_scale == 0.0 or self.momentum is None)
 
     def _tensors(self, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-        key = (device, dtype)
-        if key not in self._params:
+        key = ("params", device, dtype)
+        if key not in self._cache:
             cs = self.concepts
-            self._params[key] = {
+            self._cache[key] = {
                 "signed_scale": torch.tensor(
                     [-c.scale if c.reverse else c.scale for c in cs], dtype=dtype, device=device
                 ),
                 "threshold": torch.tensor([c.threshold for c in cs], dtype=torch.float32, device=device),
-                "weight": torch.tensor([max(c.weight, 0.0) for c in cs], dtype=dtype, device=device),
             }
-        return self._params[key]
+        return self._cache[key]
 
     def _index(self, device: torch.device, active: tuple[int, ...]) -> torch.Tensor:
-        key = (device, active)
-        if key not in self._indices:
-            self._indices[key] = torch.tensor(active, dtype=torch.long, device=device)
-        return self._indices[key]
+        key = ("index", device, active)
+        if key not in self._cache:
+            self._cache[key] = torch.tensor(active, dtype=torch.long, device=device)
+        return self._cache[key]
 
     def step(
         self,

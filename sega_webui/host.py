@@ -55,6 +55,10 @@ class SegaPass:
     separate_calls: bool = False
     rows_cache: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        # Longest token count of each concept over its schedule, for padding.
+        self.tokens = tuple(max(rows.token_length_one(e.cond) for e in s) for s in self.schedules)
+
     def start(self, steps: int) -> None:
         self.steps = steps
         self.guidance = self.args.guidance(steps)
@@ -66,7 +70,6 @@ class SegaRun:
     cond_cache: dict = field(default_factory=dict)
     current: SegaPass | None = None
     comments: set = field(default_factory=set)
-    error: str | None = None
 
     def comment(self, p, text: str) -> None:
         if text not in self.comments:
@@ -280,7 +283,7 @@ def _with_concept_rows(params, pass_: SegaPass, active, batch: int, call: int):
     any is handed back, so a failure leaves the host's tensors as they were."""
     make_dict = _dict_maker(params.text_cond)
     text = params.text_cond
-    longest = max(_schedule_tokens(pass_.schedules[i]) for i in active)
+    longest = max(pass_.tokens[i] for i in active)
     length = max(rows.token_length(text), longest)
     concept = _concept_rows(pass_, active, batch, call, text, length)
     if rows.token_length(text) < length:
@@ -291,10 +294,6 @@ def _with_concept_rows(params, pass_: SegaPass, active, batch: int, call: int):
         rows.insert_before_last(params.image_cond, batch, len(active)),
         rows.cat_conds(text, concept, make_dict),
     )
-
-
-def _schedule_tokens(schedule) -> int:
-    return max(rows.token_length_one(entry.cond) for entry in schedule)
 
 
 def _evaluate_separately(record, inner_model, out_like):

@@ -61,25 +61,17 @@ def cfg_after_cfg_callback(params):
     _run("cfg_after_cfg", params)
 
 
-def on_cfg_denoiser(callback, *, name=None):
-    callbacks["cfg_denoiser"].append(callback)
+def _registrar(kind):
+    def register(callback, *, name=None):
+        callbacks[kind].append(callback)
+
+    register.__name__ = f"on_{kind}"
+    return register
 
 
-def on_cfg_denoised(callback, *, name=None):
-    callbacks["cfg_denoised"].append(callback)
-
-
-def on_cfg_after_cfg(callback, *, name=None):
-    callbacks["cfg_after_cfg"].append(callback)
-
-
-def on_before_ui(callback, *, name=None):
-    callbacks["before_ui"].append(callback)
-
-
-def on_ui_settings(callback, *, name=None):
-    callbacks["ui_settings"].append(callback)
-
-
-def on_app_started(callback, *, name=None):
-    callbacks["app_started"].append(callback)
+on_cfg_denoiser = _registrar("cfg_denoiser")
+on_cfg_denoised = _registrar("cfg_denoised")
+on_cfg_after_cfg = _registrar("cfg_after_cfg")
+on_before_ui = _registrar("before_ui")
+on_ui_settings = _registrar("ui_settings")
+on_app_started = _registrar("app_started")
