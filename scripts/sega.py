@@ -33,15 +33,18 @@ class SegaScript(scripts.Script):
         try:
             sega_args = SegaArgs.from_values(args, host.max_concepts(), getattr(p, OVERRIDES_ATTR, None))
         except SegaInputError as e:
-            host.begin_generation(p, None)
-            p.comment(f"SEGA off ({e.field}): {e.problem}")
+            host.decline(p, f"({e.field}): {e.problem}")
             return
         host.begin_generation(p, sega_args)
-        if sega_args.active:
-            p.extra_generation_params.update(sega_args.to_infotext())
+
+    def before_process_batch(self, p, *args, **kwargs):
+        host.begin_batch(p)
 
     def process_before_every_sampling(self, p, *args, **kwargs):
         host.begin_pass(p)
+
+    def postprocess_batch(self, p, *args, **kwargs):
+        host.end_batch(p)
 
     def postprocess(self, p, processed, *args):
         host.end_generation(p)

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sega.concepts import DEFAULT_MAX_CONCEPTS, Concept, format_concepts, parse_concepts
+from sega.concepts import DEFAULT_MAX_CONCEPTS, Concept, format_concepts, parse_concepts, split_networks
 from sega.errors import SegaInputError, did_you_mean
 from sega.fields import BY_NAME, CONCEPT_KEYS, FIELDS, describe_value
 from sega.guidance import ConceptGuidance, SegaGuidance
@@ -247,7 +247,10 @@ def concept_from_object(obj: Mapping[str, Any], name: str) -> Concept:
                     raise SegaInputError(key, "is empty")
                 if len(value) > 2000:
                     raise SegaInputError(key, f"is {len(value)} characters long; the limit is 2000")
-                values["text"] = value.strip()
+                values["text"], values["networks"] = split_networks(value)
+                if not values["text"]:
+                    raise SegaInputError(key, f"is empty once {', '.join(values['networks'])} is left out "
+                                         "(extra networks apply to the whole model: put them in the prompt)")
             elif key == "reverse":
                 values[key] = BY_NAME["enabled"].coerce(value)
             else:

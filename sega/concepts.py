@@ -9,6 +9,10 @@ One concept per line. A leading `-` steers away from the concept, a leading `+` 
 towards it. The concept text is an ordinary WebUI prompt and is passed on untouched. The
 last `::` on a line starts `key=value` overrides (separated by spaces or commas) when what
 follows it can only be overrides; otherwise it belongs to the prompt (as in `[cat::10]`).
+
+Extra-network tags (`<lora:name:1>`, `<hypernet:name>`) change the whole model, not one
+concept's text, so they are taken out of the concept's text and kept on the side
+(`Concept.networks`) for the live view and the generation's comment to mention.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ DEFAULT_MAX_CONCEPTS = 8
 SEPARATOR = "::"
 _OVERRIDES_ONLY = re.compile(r"^[\w\s.,=%+\-]*$")
 _LINE_BREAKS = re.compile(r"\r\n|\r")
+# The WebUI's extra-network syntax: <kind:arguments>.
+_NETWORK_TAG = re.compile(r"<(\w+):([^<>]+)>")
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,8 @@ class Concept:
     warmup: Steps | None = None
     cooldown: Steps | None = None
     weight: float | None = None
+    # Extra-network tags taken out of the text; they never reach the model with the concept.
+    networks: tuple[str, ...] = field(default=(), compare=False)
 
     def overrides(self) -> dict[str, object]:
         return {k: getattr(self, k) for k in CONCEPT_KEYS if getattr(self, k) is not None}
@@ -109,8 +117,13 @@ def parse_line(line: str) -> Concept:
     if cut >= 0 and _OVERRIDES_ONLY.match(body[cut + len(SEPARATOR) :]):
         overrides = parse_overrides(body[cut + len(SEPARATOR) :])
         body = body[:cut]
-    body = body.strip()
+    body, networks = split_networks(body)
     if not body:
+        if networks:
+            raise ValueError(
+                f"the concept text is empty once {', '.join(networks)} is left out "
+                "(extra networks apply to the whole model: put them in the prompt)"
+            )
         raise ValueError("the concept text is empty")
     warmup, cooldown = overrides.get("warmup"), overrides.get("cooldown")
     if (
@@ -120,7 +133,27 @@ def parse_line(line: str) -> Concept:
         and cooldown.value <= warmup.value
     ):
         raise ValueError(f"cooldown ({cooldown}) must come after warmup ({warmup})")
-    return Concept(body, reverse, **overrides)
+    return Concept(body, reverse, **overrides, networks=networks)
+
+
+def split_networks(text: str) -> tuple[str, tuple[str, ...]]:
+    """`text` without its extra-network tags (spaces tidied), and the tags."""
+    tags = tuple(m.group(0) for m in _NETWORK_TAG.finditer(text))
+    if not tags:
+        return text.strip(), ()
+    rest = _NETWORK_TAG.sub(" ", text)
+    rest = re.sub(r"\s+,", ",", re.sub(r"\s{2,}", " ", rest))
+    return rest.strip(" ,"), tags
+
+
+def network_note(concept: Concept) -> str:
+    """What a user reads about the tags left out of `concept` (empty when none)."""
+    if not concept.networks:
+        return ""
+    return (
+        f"{', '.join(concept.networks)} left out of concept '{concept.text}': extra networks apply "
+        "to the whole model, not to one concept (put them in the prompt)"
+    )
 
 
 def parse_overrides(text: str) -> dict[str, object]:

@@ -7,7 +7,7 @@ import html
 from typing import Any
 
 from sega.args import SegaArgs
-from sega.concepts import DEFAULT_MAX_CONCEPTS, parse_concepts
+from sega.concepts import DEFAULT_MAX_CONCEPTS, network_note, parse_concepts
 from sega.errors import SegaInputError
 from sega.fields import BY_NAME, CONCEPT_KEYS
 
@@ -53,6 +53,10 @@ def render_preview(text: str, defaults: dict[str, Any] | None = None, max_concep
         )
     elif not result.errors:
         parts.append('<p class="sega-empty">No concepts yet: one per line, a leading - steers away.</p>')
+    notes = [f"concept {i}: {network_note(c)}" for i, c in enumerate(result.concepts, start=1) if c.networks]
+    if notes:
+        items = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
+        parts.append(f'<ul class="sega-notes">{items}</ul>')
     errors = [str(e) for e in result.errors] + problems
     if errors:
         items = "".join(f"<li>{html.escape(e)}</li>" for e in errors)

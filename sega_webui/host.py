@@ -5,30 +5,37 @@ every sampling pass `begin_pass` encodes the concepts with the host's own condit
 and hooks the pass's sampler. Three CFG callbacks, registered once, then act on each
 model call of a `p` that carries a run:
 
-- `cfg_denoiser`: adds B rows per needed concept between the cond and the uncond rows;
+- `cfg_denoiser`: adds B rows per needed concept between the cond and the uncond rows
+  (or, where that layout is not safe, keeps them for a model call of their own);
 - `cfg_denoised`: reads the concept and uncond outputs and asks the engine for the term;
 - `cfg_after_cfg`: adds the term to the guided result (in ε, or as −σ·γ on x0).
 
 The callbacks of one model call run in order on one thread and carry no reference to
 `p` after the first, so the first hands its `CallRecord` to the other two through
 `_current`, which every call overwrites first thing.
+
+Whatever goes wrong inside a callback stops SEGA for the rest of the pass, leaves the
+host's tensors as they were and tells the user (comment and infotext), never only the
+console: the host would swallow the exception (contract §1).
 """
 
 from __future__ import annotations
 
 import functools
+import sys
+import traceback
 from dataclasses import dataclass, field
 
 import torch
 from modules import prompt_parser, script_callbacks, shared
 
 from sega.args import SegaArgs
-from sega.concepts import DEFAULT_MAX_CONCEPTS
+from sega.concepts import DEFAULT_MAX_CONCEPTS, network_note
 from sega.errors import SegaInputError
 from sega.fields import FIELDS
 from sega.guidance import SegaGuidance
-from sega_webui import api, rows, xyz
-from sega_webui.steps import StepClock, real_steps
+from sega_webui import api, compat, rows, xyz
+from sega_webui.steps import StepClock, real_steps, sampler_family
 
 try:  # timestep samplers (DDIM, PLMS, UniPC) return ε, k-diffusion ones x0
     from modules.sd_samplers_timesteps import CFGDenoiserTimesteps
@@ -36,6 +43,11 @@ except ImportError:  # pragma: no cover - WebUI without timestep samplers
     CFGDenoiserTimesteps = ()
 
 RUN_ATTR = "sega_run"
+# Infotext keys that say why SEGA did not act (the API's `info` carries them too, which
+# is the only place an API client can read it: the response has no comment text).
+OFF_KEY = "SEGA off"
+STOPPED_KEY = "SEGA stopped"
+_UNKNOWN = object()
 
 
 @dataclass
@@ -52,7 +64,12 @@ class SegaPass:
     steps: int | None = None
     stopped: bool = False
     error: str | None = None
-    separate_calls: bool = False
+    low_vram: bool = False
+    # Decided at the pass's first call with concept rows: whether they go in a model call
+    # of their own (see `compat.widening_conflict`), and the token that the prompt's cond
+    # rows carry in front of their chunks (ControlNet's mark), which concept rows copy.
+    separate: bool | None = None
+    lead: object = _UNKNOWN
     rows_cache: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -67,18 +84,36 @@ class SegaPass:
 @dataclass
 class SegaRun:
     args: SegaArgs
+    infotext: dict = field(default_factory=dict)  # what this generation's images claim
     cond_cache: dict = field(default_factory=dict)
     current: SegaPass | None = None
     comments: set = field(default_factory=set)
+    # Per batch (`begin_batch`): why SEGA could not act, and whether it changed anything.
+    failure: str | None = None
+    acted: bool = False
 
     def comment(self, p, text: str) -> None:
         if text not in self.comments:
             self.comments.add(text)
             p.comment(text)
 
+    def fail(self, p, pass_: SegaPass | None, reason: str, error: BaseException | None = None) -> None:
+        """SEGA adds nothing more in this pass; the user reads why under the image and in
+        the infotext (see `end_batch`), the console gets the traceback."""
+        if error is not None:
+            print(f"*** SEGA: {reason}", file=sys.stderr)
+            traceback.print_exception(error, file=sys.stderr)
+        if pass_ is not None:
+            pass_.stopped = True
+        if self.failure is None:
+            self.failure = reason
+        self.comment(p, _off_text("stopped" if self.acted else "off", reason))
+
 
 @dataclass
 class CallRecord:
+    run: SegaRun
+    p: object
     pass_: SegaPass
     step: int
     active: tuple[int, ...]
@@ -88,7 +123,7 @@ class CallRecord:
     sigma: torch.Tensor  # their sigmas (k-diffusion) or timesteps, [B]
     eps_space: bool
     term: torch.Tensor | None = None
-    concept_rows: object = None  # low-VRAM mode: the concepts' conds, evaluated separately
+    concept_rows: object = None  # separate mode: the concepts' conds, evaluated in cfg_denoised
     image_cond: torch.Tensor | None = None
     dict_conds: bool = False
 
@@ -100,13 +135,61 @@ class _Current:
 _current = _Current()
 
 
-# ---- generation and pass set-up (called from the script's hooks) --------------------------
+# ---- generation, batch and pass set-up (called from the script's hooks) ------------------
 
 
 def begin_generation(p, args: SegaArgs | None) -> None:
     """Forget anything a copied `p` carried and start this generation's run (or none)."""
     _current.record = None
-    setattr(p, RUN_ATTR, SegaRun(args) if args is not None and args.active else None)
+    run = SegaRun(args) if args is not None and args.active else None
+    setattr(p, RUN_ATTR, run)
+    if run is None:
+        return
+    run.infotext = args.to_infotext()
+    p.extra_generation_params.update(run.infotext)
+    for i, concept in enumerate(args.concepts, start=1):
+        if concept.networks:
+            run.comment(p, f"SEGA concept {i}: {network_note(concept)}")
+
+
+def decline(p, reason: str) -> None:
+    """SEGA is off for this generation before it starts (e.g. invalid settings)."""
+    begin_generation(p, None)
+    p.comment(_off_text("off", reason))
+    p.extra_generation_params[OFF_KEY] = reason
+
+
+def _off_text(state: str, reason: str) -> str:
+    # "SEGA off (concepts[2]): …" when the reason starts by naming a field, else "SEGA off: …".
+    return f"SEGA {state}{' ' if reason.startswith('(') else ': '}{reason}"
+
+
+def begin_batch(p) -> None:
+    """Each batch's images claim SEGA's settings unless SEGA failed in that batch."""
+    run = getattr(p, RUN_ATTR, None)
+    if run is None:
+        return
+    run.failure, run.acted = None, False
+    params = p.extra_generation_params
+    params.pop(OFF_KEY, None)
+    params.pop(STOPPED_KEY, None)
+    params.update(run.infotext)
+
+
+def end_batch(p) -> None:
+    """Before the batch's infotexts are written: if SEGA failed before it changed
+    anything, the images must not claim its concepts (pasted back, they would make
+    another image); if it stopped part-way, they say so."""
+    run = getattr(p, RUN_ATTR, None)
+    if run is None or run.failure is None:
+        return
+    params = p.extra_generation_params
+    if run.acted:
+        params[STOPPED_KEY] = run.failure
+        return
+    for key in run.infotext:
+        params.pop(key, None)
+    params[OFF_KEY] = run.failure
 
 
 def end_generation(p) -> None:
@@ -120,25 +203,33 @@ def begin_pass(p) -> None:
         return
     run.current = None
     _current.record = None
+    try:
+        _begin_pass(p, run)
+    except Exception as e:  # the host would swallow it; the user must still learn it
+        run.current = None
+        run.fail(p, None, f"it could not prepare the sampling pass ({type(e).__name__}: {e})", e)
+
+
+def _begin_pass(p, run: SegaRun) -> None:
     model = shared.sd_model
     hires = bool(getattr(p, "is_hr_pass", False))
     if hires and not run.args.hires:
         return
     reason = unsupported_reason(p, model)
     if reason:
-        run.comment(p, f"SEGA off: {reason}")
+        run.fail(p, None, reason)
         return
     sampler = p.sampler
     try:
         schedules = concept_conds(p, run, model, hires)
     except Exception as e:  # a bad embedding or prompt must not cost the image
-        run.comment(p, f"SEGA off: the concepts could not be encoded ({e})")
+        run.fail(p, None, f"the concepts could not be encoded ({type(e).__name__}: {e})", e)
         return
     config = getattr(sampler, "config", None)
-    name = getattr(config, "name", "") or getattr(p, "sampler_name", "")
+    name = sampler_family(getattr(config, "name", "") or getattr(p, "sampler_name", ""), sampler)
     second_order = bool(getattr(config, "options", {}).get("second_order", False))
     pass_ = SegaPass(run.args, model, sampler, schedules, StepClock(name, second_order))
-    pass_.separate_calls = bool(getattr(shared.opts, "sega_low_vram", False))
+    pass_.low_vram = bool(getattr(shared.opts, "sega_low_vram", False))
     _hook_sampler(sampler, pass_, name)
     run.current = pass_
 
@@ -153,7 +244,9 @@ def unsupported_reason(p, model) -> str | None:
 
 
 def concept_conds(p, run: SegaRun, model, hires: bool) -> list:
-    """The concepts' cond schedules for this pass, made like the host makes the prompt's."""
+    """The concepts' cond schedules for this pass, made exactly as the host makes the
+    prompt's (processing.get_conds_with_caching): the same function — whatever replaced
+    it, e.g. Prompt Fusion — with the same positional arguments."""
     texts = [c.text for c in run.args.concepts]
     steps = getattr(p, "firstpass_steps", None) or p.steps
     hires_steps = None
@@ -164,11 +257,12 @@ def concept_conds(p, run: SegaRun, model, hires: bool) -> list:
         hires_steps = config.total_steps(hr_steps) if config is not None else hr_steps
     else:
         width, height = p.width, p.height
-    key = (id(model), tuple(texts), width, height, steps, hires_steps)
+    old_timelines = bool(getattr(shared.opts, "use_old_scheduling", False))
+    key = (id(model), tuple(texts), width, height, steps, hires_steps, old_timelines)
     if key not in run.cond_cache:
         run.cond_cache.clear()  # one pass kind at a time is enough; drop other models' conds
         batch = prompt_parser.SdConditioning(texts, width=width, height=height)
-        run.cond_cache[key] = prompt_parser.get_learned_conditioning(model, batch, steps, hires_steps)
+        run.cond_cache[key] = prompt_parser.get_learned_conditioning(model, batch, steps, hires_steps, old_timelines)
     return run.cond_cache[key]
 
 
@@ -185,6 +279,8 @@ def _hook_sampler(sampler, pass_: SegaPass, name: str) -> None:
             pass_.start(real_steps(name, kwargs, fallback))
         except SegaInputError as e:  # e.g. a cooldown that lands before its warm-up here
             pass_.error = f"({e.field}): {e.problem}"
+        except Exception as e:  # never cost the sampler its launch
+            pass_.error = f"its step count could not be read ({type(e).__name__}: {e})"
         return launch(*args, **kwargs)
 
     def callback_state(d):
@@ -206,42 +302,62 @@ def on_cfg_denoiser(params) -> None:
     pass_ = run.current if run is not None else None
     if pass_ is None or pass_.stopped or pass_.sampler is not getattr(denoiser, "sampler", None):
         return
+    try:
+        record, widened = _plan_call(params, run, pass_, p)
+    except Exception as e:
+        run.fail(p, pass_, f"an error while adding its rows to the model call ({type(e).__name__}: {e})", e)
+        return
+    if widened is not None:  # all built before any is handed back
+        params.x, params.sigma, params.image_cond, params.text_cond = widened
+    _current.record = record
+
+
+def _plan_call(params, run: SegaRun, pass_: SegaPass, p):
+    """This call's record (None: SEGA leaves the call alone) and, on the widened path,
+    the host's x, sigma, image_cond and text_cond with the concept rows added."""
+    denoiser = params.denoiser
     if pass_.error:
-        pass_.stopped = True
-        run.comment(p, f"SEGA off {pass_.error}")
-        return
+        run.fail(p, pass_, pass_.error)
+        return None, None
     if shared.sd_model is not pass_.model:
-        pass_.stopped = True
-        run.comment(p, "SEGA stopped at the refiner switch: its concepts were encoded for the first model")
-        return
+        run.fail(p, pass_, "the refiner switched models, and the concepts were encoded for the first one")
+        return None, None
     if pass_.guidance is None:
         pass_.start(getattr(denoiser, "steps", None) or p.steps)
     batch = params.text_uncond.shape[0]
     if _host_skips_uncond(denoiser, params.sigma[-batch:]):
-        return  # no unconditional estimate this call: nothing to steer against
+        return None, None  # no unconditional estimate this call: nothing to steer against
     step = pass_.clock.step_for_call(denoiser.step)
     if pass_.guidance.is_idle(step):
-        return  # nothing SEGA could add: the host's plain step, untouched
+        return None, None  # nothing SEGA could add: the host's plain step, untouched
+    cond_rows = params.x.shape[0] - batch
+    if cond_rows != rows.row_count(params.text_cond):
+        run.fail(p, pass_, "another extension changed the rows of the model call before SEGA could add its own")
+        return None, None
     active = pass_.guidance.rows_needed(step)
     eps_space = isinstance(denoiser, CFGDenoiserTimesteps) if CFGDenoiserTimesteps else False
     record = CallRecord(
-        pass_, step, active, params.x.shape[0] - batch, batch, params.x[-batch:], params.sigma[-batch:], eps_space
+        run, p, pass_, step, active, cond_rows, batch, params.x[-batch:], params.sigma[-batch:], eps_space
     )
-    if active and pass_.separate_calls:
-        # Low-VRAM: the concepts get their own model calls in cfg_denoised.
+    if not active:
+        return record, None
+    if pass_.lead is _UNKNOWN:
+        pass_.lead = rows.lead_token(params.text_cond, _chunk_length())
+    if pass_.separate is None:
+        pass_.separate = pass_.low_vram or compat.widening_conflict(denoiser, shared.sd_model) is not None
+    if pass_.separate:
         record.image_cond = params.image_cond[-batch:]
         record.concept_rows = _concept_rows(pass_, active, batch, denoiser.step, params.text_cond, None)
         record.dict_conds = isinstance(params.text_cond, dict)
-    elif active:
-        new = _with_concept_rows(params, pass_, active, batch, denoiser.step)
-        params.x, params.sigma, params.image_cond, params.text_cond = new
-    _current.record = record
+        return record, None
+    return record, _with_concept_rows(params, pass_, active, batch, denoiser.step)
 
 
 def _concept_rows(pass_: SegaPass, active, batch: int, call: int, like, length: int | None):
     """The active concepts' conds, B rows each (concept-major), on the device and in the
-    dtype of `like`, padded to `length` tokens when given. Cached per schedule phase, so a
-    step normally reuses them instead of rebuilding and copying them to the device."""
+    dtype of `like`, behind the prompt rows' lead token if they carry one, padded to
+    `length` tokens when given. Cached per schedule phase, so a step normally reuses them
+    instead of rebuilding and copying them to the device."""
     phase = tuple(_schedule_index(schedule, call) for schedule in pass_.schedules)
     key = (phase, active, batch, length, _cond_signature(like))
     cached = pass_.rows_cache.get(key)
@@ -249,9 +365,12 @@ def _concept_rows(pass_: SegaPass, active, batch: int, call: int, like, length: 
         make_dict = _dict_maker(like)
         concept = prompt_parser.reconstruct_cond_batch(pass_.schedules, call)
         concept = rows.select_rows(concept, torch.tensor(active, dtype=torch.long), batch, make_dict)
+        concept = _to_device(concept, like, make_dict)
+        if pass_.lead is not None:
+            concept = rows.prepend_token(concept, pass_.lead, make_dict)
         if length is not None and rows.token_length(concept) < length:
             concept = rows.pad_tokens(concept, length, _empty_chunk(), make_dict)
-        cached = _to_device(concept, like, make_dict)
+        cached = concept
         if len(pass_.rows_cache) > 64:
             pass_.rows_cache.clear()
         pass_.rows_cache[key] = cached
@@ -278,12 +397,18 @@ def _empty_chunk():
     return empty
 
 
+def _chunk_length() -> int:
+    empty = getattr(shared.sd_model, "cond_stage_model_empty_prompt", None)
+    return int(empty.shape[1]) if empty is not None else 77
+
+
 def _with_concept_rows(params, pass_: SegaPass, active, batch: int, call: int):
     """x, sigma, image_cond and text_cond with B rows per active concept, all built before
     any is handed back, so a failure leaves the host's tensors as they were."""
     make_dict = _dict_maker(params.text_cond)
     text = params.text_cond
-    longest = max(pass_.tokens[i] for i in active)
+    lead = 0 if pass_.lead is None else 1
+    longest = max(pass_.tokens[i] for i in active) + lead
     length = max(rows.token_length(text), longest)
     concept = _concept_rows(pass_, active, batch, call, text, length)
     if rows.token_length(text) < length:
@@ -297,16 +422,20 @@ def _with_concept_rows(params, pass_: SegaPass, active, batch: int, call: int):
 
 
 def _evaluate_separately(record, inner_model, out_like):
-    """Low-VRAM: each concept's B rows in a model call of their own."""
-    b = record.batch
+    """The concepts' rows in model calls of their own: all concepts in one call, or (low
+    VRAM) one concept per call, so that no call holds more rows than the host's."""
+    b, k = record.batch, len(record.active)
+    per_call = 1 if record.pass_.low_vram else k
     outs = []
-    for j in range(len(record.active)):
-        cond = rows.slice_rows(record.concept_rows, j * b, (j + 1) * b)
+    for start in range(0, k, per_call):
+        n = min(per_call, k - start)
+        cond = rows.slice_rows(record.concept_rows, start * b, (start + n) * b)
+        image_cond = rows.repeat_rows(record.image_cond, n)
         if record.dict_conds:
-            condition = {**cond, "c_concat": [record.image_cond]}
+            condition = {**cond, "c_concat": [image_cond]}
         else:
-            condition = {"c_crossattn": [cond], "c_concat": [record.image_cond]}
-        outs.append(inner_model(record.x, record.sigma, cond=condition))
+            condition = {"c_crossattn": [cond], "c_concat": [image_cond]}
+        outs.append(inner_model(rows.repeat_rows(record.x, n), rows.repeat_rows(record.sigma, n), cond=condition))
     return torch.cat(outs).to(out_like.dtype)
 
 
@@ -339,11 +468,26 @@ def on_cfg_denoised(params) -> None:
     record = _current.record
     if record is None:
         return
+    try:
+        _read_back(params, record)
+    except Exception as e:
+        _current.record = None
+        record.run.fail(
+            record.p, record.pass_, f"an error while reading the model call ({type(e).__name__}: {e})", e
+        )
+
+
+def _read_back(params, record: CallRecord) -> None:
     x_out = params.x
     b, k, r = record.batch, len(record.active), record.cond_rows
     separate = record.concept_rows is not None
-    if x_out.shape[0] != r + (0 if separate else k * b) + b:
-        _current.record = None  # another extension changed the rows; leave this call alone
+    expected = r + (0 if separate else k * b) + b
+    if x_out.shape[0] != expected:
+        _current.record = None
+        record.run.fail(
+            record.p, record.pass_,
+            f"another extension changed the rows of the model call ({x_out.shape[0]} instead of {expected})",
+        )
         return
     uncond = x_out[-b:]
     if separate:
@@ -362,12 +506,18 @@ def on_cfg_after_cfg(params) -> None:
     record, _current.record = _current.record, None
     if record is None or record.term is None:
         return
-    term = record.term.to(params.x.dtype)
-    if record.eps_space:
-        params.x = params.x + term
-    else:
-        sigma = record.sigma.to(params.x.dtype).view(-1, *([1] * (params.x.dim() - 1)))
-        params.x = params.x - sigma * term
+    try:
+        term = record.term.to(params.x.dtype)
+        if record.eps_space:
+            guided = params.x + term
+        else:
+            sigma = record.sigma.to(params.x.dtype).view(-1, *([1] * (params.x.dim() - 1)))
+            guided = params.x - sigma * term
+    except Exception as e:
+        record.run.fail(record.p, record.pass_, f"an error while adding its term ({type(e).__name__}: {e})", e)
+        return
+    params.x = guided
+    record.run.acted = True
 
 
 # ---- settings, X/Y/Z and the API ------------------------------------------------------------

@@ -64,3 +64,33 @@ def insert_before_last(t: torch.Tensor, batch: int, copies: int) -> torch.Tensor
     """[rows… | last B] → [rows… | `copies` × last B | last B]."""
     last = t[-batch:]
     return torch.cat([t[:-batch], last.repeat(copies, *([1] * (t.dim() - 1))), last])
+
+
+def row_count(cond) -> int:
+    return (cond["crossattn"] if isinstance(cond, Mapping) else cond).shape[0]
+
+
+def repeat_rows(t: torch.Tensor, copies: int) -> torch.Tensor:
+    """[B, …] → [copies·B, …], copy-major (the order concept rows are kept in)."""
+    return t if copies == 1 else t.repeat(copies, *([1] * (t.dim() - 1)))
+
+
+def lead_token(cond, chunk: int):
+    """The token the first cond row carries in front of its `chunk`-token chunks, [1, 1, D],
+    or None. The WebUI's conds are whole chunks; ControlNet puts one mark token in front
+    of every prompt (positive) and negative-prompt (negative) cond, and treats a call as
+    unmarked unless every row has one — so concept rows must carry the prompt rows' mark."""
+    t = cond["crossattn"] if isinstance(cond, Mapping) else cond
+    if t.shape[1] % chunk != 1:
+        return None
+    return t[:1, :1].clone()
+
+
+def prepend_token(cond, token: torch.Tensor, make_dict: Callable):
+    """`token` [1, 1, D] in front of every row's tokens."""
+    if isinstance(cond, Mapping):
+        out = dict(cond)
+        out["crossattn"] = prepend_token(cond["crossattn"], token, make_dict)
+        return make_dict(out)
+    lead = token.to(device=cond.device, dtype=cond.dtype).expand(cond.shape[0], 1, cond.shape[2])
+    return torch.cat([lead, cond], dim=1)

@@ -51,3 +51,22 @@ def real_steps(sampler_name: str, kwargs: dict, fallback: int) -> int:
         return n
     return fallback
 
+
+
+# The sampler functions whose family has its own counting rule, by function name: other
+# extensions may register a sampler under a new name (Dynamic Thresholding's
+# "Euler_dynthres1") whose function is still the original.
+_FAMILY_BY_FUNCTION = {
+    "sample_dpm_fast": "DPM fast",
+    "sample_dpm_adaptive": "DPM adaptive",
+    "ddim": "DDIM",
+    "ddim_cfgpp": "DDIM CFG++",
+    "plms": "PLMS",
+}
+
+
+def sampler_family(name: str, sampler) -> str:
+    """The name our counting rules know the sampler by."""
+    func = getattr(sampler, "funcname", None)
+    func = getattr(func, "__name__", func)
+    return _FAMILY_BY_FUNCTION.get(func, name) if isinstance(func, str) else name

@@ -245,8 +245,11 @@ def test_failure_inside_a_callback_then_normal_generation_is_clean(host, monkeyp
 
     monkeypatch.setattr(SegaGuidance, "step", failing)
     broken = host.generate(sega_values())
-    assert any("boom" in r for r in host.reported)
-    assert broken.images is not None
+    assert host.reported == []  # caught by SEGA itself, so that it can tell the user
+    assert any("SEGA stopped" in c and "boom" in c for c in broken.comments)
+    assert "boom" in broken.extra_generation_params["SEGA stopped"]  # acted in steps 0-1
+    assert "SEGA concepts" in broken.extra_generation_params
+    assert broken.images is not None and not torch.equal(broken.images, fresh)
     monkeypatch.setattr(SegaGuidance, "step", real_step)
     assert torch.equal(host.generate(sega_values()).images, fresh)
 
@@ -266,7 +269,8 @@ def test_refiner_switch_stops_sega_with_a_comment(host):
     refiner = model("sd1")
     result = host.generate(sega_values(warmup="0"), refiner_model=refiner, refiner_switch_at=0.5, kind="v")
     assert host.reported == []
-    assert "SEGA stopped at the refiner switch: its concepts were encoded for the first model" in result.comments
+    assert "SEGA stopped: the refiner switched models, and the concepts were encoded for the first one" in result.comments
+    assert "SEGA concepts" in result.extra_generation_params and "SEGA stopped" in result.extra_generation_params
 
 
 def test_edit_models_decline_with_a_comment(host):

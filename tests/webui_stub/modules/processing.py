@@ -1,6 +1,8 @@
 """modules/processing.py: a txt2img processing object and process_images with the hook
-order of WebUI 1.10.1 (before_process, process, per batch: process_before_every_sampling
-for the first pass and again for the hires pass, then postprocess). Images are latents."""
+order of WebUI 1.10.1 (before_process, process, per batch: before_process_batch,
+process_before_every_sampling for the first pass and again for the hires pass,
+postprocess_batch, the batch's infotexts; then postprocess). Images are latents; an
+image's infotext is the generation parameters as they were when it was written."""
 
 import torch
 
@@ -96,6 +98,7 @@ def process_images(p):
     shared.state.reset()
     torch.manual_seed(p.seed)  # the stand-in's stochastic samplers draw from the global RNG
     p.prompts = [p.prompt] * p.batch_size
+    p.infotexts = []
     p.negative_prompts = [p.negative_prompt] * p.batch_size
     if p.scripts is not None:
         p.scripts.process(p)
@@ -105,8 +108,16 @@ def process_images(p):
         for n in range(p.n_iter):
             if shared.state.interrupted:
                 break
-            images.append(p.sample(n))
+            if p.scripts is not None:
+                p.scripts.before_process_batch(p, batch_number=n)
+            samples = p.sample(n)
+            if p.scripts is not None:
+                p.scripts.postprocess_batch(p, samples, batch_number=n)
+            # Infotexts are written here, after postprocess_batch, as in the WebUI.
+            p.infotexts.extend([dict(p.extra_generation_params)] * samples.shape[0])
+            images.append(samples)
     res = Processed(p, torch.cat(images) if images else None, dict(p.comments))
+    res.infotexts = p.infotexts
     if p.scripts is not None:
         p.scripts.postprocess(p, res)
     return res

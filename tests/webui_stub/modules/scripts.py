@@ -52,5 +52,11 @@ class ScriptRunner:
     def process_before_every_sampling(self, p, **kwargs):
         self._each("process_before_every_sampling", p, **kwargs)
 
+    def before_process_batch(self, p, **kwargs):
+        self._each("before_process_batch", p, **kwargs)
+
+    def postprocess_batch(self, p, images, **kwargs):
+        self._each("postprocess_batch", p, images=images, **kwargs)
+
     def postprocess(self, p, processed):
         self._each("postprocess", p, processed)
