@@ -9,17 +9,26 @@ wrong beside code that reads the call's rows by counting them:
 - a CFG denoiser whose `combine_denoised` or `forward` is not the WebUI's own (Dynamic
   Thresholding takes every row before the last B as a prompt cond);
 - attention layers hooked by another extension (Regional Prompter splits rows by its own
-  batch arithmetic and changes branch when a call holds more cond rows than images).
+  batch arithmetic and changes branch when a call holds more cond rows than images);
+- a model call replaced by another extension (Tiled Diffusion's `forward` on the
+  denoiser's inner model or `apply_model` on the model: its region prompts assume 2B rows);
+- another extension's `cfg_denoised` callback: it is handed the call's output rows, and
+  counts them (Regional Prompter's latent mode blends them per region).
 
 There SEGA evaluates its concept rows in a model call of their own, made from the
 `cfg_denoised` callback with only concept rows in it: the host's call — and with it the
-other extension's result — stays exactly what it would be without SEGA. Nothing here
-asks which extension is installed; it looks at what the sampling code really is.
+other extension's result — stays exactly what it would be without SEGA. In that call
+the hooked attention layers are set aside (`plain_attention`): their hooks are written
+for the host's rows and would, e.g., cut a concept's context into the prompt's regions.
+Nothing here asks which extension is installed; it looks at what the sampling code
+really is.
 """
 
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
+from functools import partial
 from pathlib import PurePath
 
 # Where the WebUI defines its CFG denoisers (modules/sd_samplers_*.py).
@@ -29,32 +38,73 @@ HOST_MODULES = frozenset(
 _CFG_METHODS = ("forward", "combine_denoised")
 
 
-def widening_conflict(denoiser, model) -> str | None:
-    """Why the concept rows must not go into the host's call, or None when they may."""
+def widening_conflict(denoiser, model, ours=()) -> str | None:
+    """Why the concept rows must not go into the host's call, or None when they may.
+    `ours`: SEGA's own callbacks, which do not count."""
     for name in _CFG_METHODS:
         fn = _function(getattr(denoiser, name, None))
         if fn is not None and not _is_host_code(fn):
             return f"{owner(fn)} replaces the CFG denoiser's {name}"
-    hooked = hooked_attention(model)
-    if hooked is not None:
-        return f"{hooked} hooks the model's attention layers"
+    layers = hooked_attention(model)
+    if layers:
+        return f"{owner(_function(vars(layers[0])['forward']))} hooks the model's attention layers"
+    for holder, name in ((getattr(denoiser, "inner_model", None), "forward"), (model, "apply_model")):
+        fn = vars(holder).get(name) if hasattr(holder, "__dict__") else None
+        if fn is not None:
+            return f"{owner(_function(fn))} replaces the model call ({name})"
+    for script, callback in callbacks("cfg_denoised"):
+        folder = extension_folder(script)
+        if folder is not None and callback not in ours:
+            return f"{folder} reads the model call's output rows (cfg_denoised)"
     return None
 
 
-def hooked_attention(model) -> str | None:
-    """The owner of a replaced `forward` on one of the model's attention layers, if any."""
+def hooked_attention(model) -> list:
+    """The model's attention layers whose `forward` another extension replaced on the
+    instance (the WebUI's own optimisations replace it on the class)."""
     root = getattr(getattr(model, "model", None), "diffusion_model", None)
     if root is None:
         root = model
     modules = getattr(root, "modules", None)
     if modules is None:
+        return []
+    return [
+        m for m in modules() if "attention" in type(m).__name__.lower() and "forward" in vars(m)
+    ]
+
+
+@contextmanager
+def plain_attention(layers):
+    """The attention layers' own `forward` for the duration of the block; the hooks are
+    put back whatever happens inside."""
+    saved = [(m, vars(m).pop("forward")) for m in layers if "forward" in vars(m)]
+    try:
+        yield
+    finally:
+        for m, fn in saved:
+            m.forward = fn
+
+
+def callbacks(category: str) -> list[tuple[str | None, object]]:
+    """(registering script's file, callback) in the order the host runs them."""
+    from modules import script_callbacks
+
+    ordered = getattr(script_callbacks, "ordered_callbacks", None)
+    if ordered is None:  # pragma: no cover - WebUI before 1.8
+        found = getattr(script_callbacks, "callback_map", {}).get("callbacks_" + category, [])
+    else:
+        found = ordered(category)
+    return [(getattr(c, "script", None), getattr(c, "callback", None)) for c in found]
+
+
+def extension_folder(path) -> str | None:
+    """<name> of a path inside …/extensions/<name>/, else None."""
+    if not path:
         return None
-    for module in modules():
-        if "attention" not in type(module).__name__.lower():
-            continue
-        fn = module.__dict__.get("forward")  # an instance attribute: somebody's hook
-        if fn is not None:
-            return owner(_function(fn))
+    parts = PurePath(str(path)).parts
+    for i, part in enumerate(parts[:-1]):
+        if part in ("extensions", "extensions-builtin"):
+            return parts[i + 1]
     return None
 
 
@@ -62,16 +112,14 @@ def owner(fn) -> str:
     """A name users recognise for the code of `fn`: its extension folder when it lives
     in one (…/extensions/<name>/…), else its module."""
     code = getattr(fn, "__code__", None)
-    if code is not None:
-        parts = PurePath(code.co_filename).parts
-        for i, part in enumerate(parts[:-1]):
-            if part in ("extensions", "extensions-builtin"):
-                return parts[i + 1]
-    return str(getattr(fn, "__module__", None) or "another extension")
+    folder = extension_folder(code.co_filename) if code is not None else None
+    return folder or str(getattr(fn, "__module__", None) or "another extension")
 
 
 def _function(fn):
-    """The plain function behind a bound method."""
+    """The plain function behind a bound method or a functools.partial."""
+    while isinstance(fn, partial):
+        fn = fn.func
     return getattr(fn, "__func__", fn)
 
 

@@ -69,6 +69,8 @@ class SegaPass:
     # of their own (see `compat.widening_conflict`), and the token that the prompt's cond
     # rows carry in front of their chunks (ControlNet's mark), which concept rows copy.
     separate: bool | None = None
+    conflict: str | None = None  # why, when another extension is the reason
+    attention_hooks: list = field(default_factory=list)  # set aside in the separate call
     lead: object = _UNKNOWN
     rows_cache: dict = field(default_factory=dict)
 
@@ -344,10 +346,15 @@ def _plan_call(params, run: SegaRun, pass_: SegaPass, p):
     if pass_.lead is _UNKNOWN:
         pass_.lead = rows.lead_token(params.text_cond, _chunk_length())
     if pass_.separate is None:
-        pass_.separate = pass_.low_vram or compat.widening_conflict(denoiser, shared.sd_model) is not None
+        pass_.conflict = compat.widening_conflict(denoiser, shared.sd_model, ours=(on_cfg_denoised,))
+        pass_.separate = pass_.low_vram or pass_.conflict is not None
+        if pass_.separate:
+            pass_.attention_hooks = compat.hooked_attention(shared.sd_model)
     if pass_.separate:
         record.image_cond = params.image_cond[-batch:]
-        record.concept_rows = _concept_rows(pass_, active, batch, denoiser.step, params.text_cond, None)
+        # Padded like on the widened path, so that both paths make the same image.
+        length = _concept_length(pass_, active, params.text_cond)
+        record.concept_rows = _concept_rows(pass_, active, batch, denoiser.step, params.text_cond, length)
         record.dict_conds = isinstance(params.text_cond, dict)
         return record, None
     return record, _with_concept_rows(params, pass_, active, batch, denoiser.step)
@@ -402,14 +409,18 @@ def _chunk_length() -> int:
     return int(empty.shape[1]) if empty is not None else 77
 
 
+def _concept_length(pass_: SegaPass, active, text_cond) -> int:
+    """Tokens of one row of the widened call: the prompt's or the longest active concept's."""
+    lead = 0 if pass_.lead is None else 1
+    return max(rows.token_length(text_cond), max(pass_.tokens[i] for i in active) + lead)
+
+
 def _with_concept_rows(params, pass_: SegaPass, active, batch: int, call: int):
     """x, sigma, image_cond and text_cond with B rows per active concept, all built before
     any is handed back, so a failure leaves the host's tensors as they were."""
     make_dict = _dict_maker(params.text_cond)
     text = params.text_cond
-    lead = 0 if pass_.lead is None else 1
-    longest = max(pass_.tokens[i] for i in active) + lead
-    length = max(rows.token_length(text), longest)
+    length = _concept_length(pass_, active, text)
     concept = _concept_rows(pass_, active, batch, call, text, length)
     if rows.token_length(text) < length:
         text = rows.pad_tokens(text, length, _empty_chunk(), make_dict)
@@ -427,15 +438,17 @@ def _evaluate_separately(record, inner_model, out_like):
     b, k = record.batch, len(record.active)
     per_call = 1 if record.pass_.low_vram else k
     outs = []
-    for start in range(0, k, per_call):
-        n = min(per_call, k - start)
-        cond = rows.slice_rows(record.concept_rows, start * b, (start + n) * b)
-        image_cond = rows.repeat_rows(record.image_cond, n)
-        if record.dict_conds:
-            condition = {**cond, "c_concat": [image_cond]}
-        else:
-            condition = {"c_crossattn": [cond], "c_concat": [image_cond]}
-        outs.append(inner_model(rows.repeat_rows(record.x, n), rows.repeat_rows(record.sigma, n), cond=condition))
+    with compat.plain_attention(record.pass_.attention_hooks):
+        for start in range(0, k, per_call):
+            n = min(per_call, k - start)
+            cond = rows.slice_rows(record.concept_rows, start * b, (start + n) * b)
+            image_cond = rows.repeat_rows(record.image_cond, n)
+            if record.dict_conds:
+                condition = {**cond, "c_concat": [image_cond]}
+            else:
+                condition = {"c_crossattn": [cond], "c_concat": [image_cond]}
+            x, sigma = rows.repeat_rows(record.x, n), rows.repeat_rows(record.sigma, n)
+            outs.append(inner_model(x, sigma, cond=condition))
     return torch.cat(outs).to(out_like.dtype)
 
 

@@ -37,17 +37,19 @@ class Host:
         self.script = self.w.script_module.SegaScript()
         self.reported: list[str] = []
 
-    def generate(self, values=None, kind="sd1", extension=True, **p_kwargs):
+    def generate(self, values=None, kind="sd1", extension=True, extensions=(), **p_kwargs):
         """Latents of one txt2img run. values=None runs the WebUI without the extension
-        (no script and none of its callbacks)."""
+        (no script and none of its callbacks). `extensions`: stand-ins of other
+        extensions' scripts (tests/webui_stub/extensions), run before ours."""
         w = self.w
         w.shared.sd_model = model(kind)
         w.shared.state.reset()
         p_kwargs.setdefault("prompt", "a photo of a face")
         p_kwargs.setdefault("steps", 6)
         runner = None
-        if values is not None:
-            runner = w.scripts.ScriptRunner([(self.script, len(FIELDS))])
+        scripts = [(e, 0) for e in extensions] + ([(self.script, len(FIELDS))] if values is not None else [])
+        if scripts:
+            runner = w.scripts.ScriptRunner(scripts)
         p = w.processing.StableDiffusionProcessingTxt2Img(
             script_args=[None] + list(values or []), scripts=runner, **p_kwargs
         )
@@ -81,6 +83,21 @@ class Host:
             yield
         finally:
             lst.remove(fn)
+
+
+def other_extension(folder: str, file: str):
+    """A module of tests/webui_stub/extensions/<folder>/scripts/, loaded from its path like
+    the WebUI loads an extension's scripts (its functions then live in that folder)."""
+    import importlib.util
+
+    name = f"ext_{folder.replace('-', '_')}_{file}"
+    if name not in sys.modules:
+        path = webui.STUB / "extensions" / folder / "scripts" / f"{file}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
 def sampler_frame_step():

@@ -1,5 +1,5 @@
 """modules/processing.py: a txt2img processing object and process_images with the hook
-order of WebUI 1.10.1 (before_process, process, per batch: before_process_batch,
+order of WebUI 1.10.1 (before_process, process, per batch: before_process_batch, process_batch,
 process_before_every_sampling for the first pass and again for the hires pass,
 postprocess_batch, the batch's infotexts; then postprocess). Images are latents; an
 image's infotext is the generation parameters as they were when it was written."""
@@ -47,8 +47,10 @@ class StableDiffusionProcessingTxt2Img:
     def _conds(self, width, height, steps, hires_steps=None):
         prompts = prompt_parser.SdConditioning(self.prompts, width=width, height=height)
         negatives = prompt_parser.SdConditioning(self.negative_prompts, width=width, height=height, is_negative_prompt=True)
-        c = prompt_parser.get_multicond_learned_conditioning(shared.sd_model, prompts, steps, hires_steps)
-        uc = prompt_parser.get_learned_conditioning(shared.sd_model, negatives, steps, hires_steps)
+        # As get_conds_with_caching calls them: both optional arguments, positionally.
+        old = shared.opts.use_old_scheduling
+        c = prompt_parser.get_multicond_learned_conditioning(shared.sd_model, prompts, steps, hires_steps, old)
+        uc = prompt_parser.get_learned_conditioning(shared.sd_model, negatives, steps, hires_steps, old)
         return c, uc
 
     def setup_conds(self):
@@ -110,6 +112,7 @@ def process_images(p):
                 break
             if p.scripts is not None:
                 p.scripts.before_process_batch(p, batch_number=n)
+                p.scripts.process_batch(p, batch_number=n)
             samples = p.sample(n)
             if p.scripts is not None:
                 p.scripts.postprocess_batch(p, samples, batch_number=n)

@@ -1,7 +1,9 @@
 """modules/prompt_parser.py: conditioning schedules, AND prompts and SDXL dict conds.
 
 Scheduling covers non-nested `[from:to:when]`, `[to:when]` and `[from::when]` with
-`when` a step (≥ 1) or a share of the steps (< 1), which is what the tests use.
+`when` a step or a share of the steps, read by the host's old or new timelines
+(`use_old_scheduling`; new ones: "0.5" is a share, and a hires pass counts whole
+numbers from the first pass's start).
 """
 
 import re
@@ -25,30 +27,48 @@ class SdConditioning(list):
         self.height = height or getattr(copy_from, "height", None)
 
 
-def _at_step(prompt, step, steps):
+def _timeline(base_steps, hires_steps, use_old_scheduling):
+    """(steps, end of an edit given as text): the host's rule, old and new timelines —
+    new ones read "0.5" as a share of the steps and, in a hires pass, whole numbers as
+    counted from the first pass's start."""
+    if hires_steps is None or use_old_scheduling:
+        int_offset, flt_offset, steps = 0, 0.0, base_steps
+    else:
+        int_offset, flt_offset, steps = base_steps, 1.0, hires_steps
+
+    def end(text):
+        v = float(text)
+        if use_old_scheduling:
+            v = v * steps if v < 1 else v
+        else:
+            v = (v - flt_offset) * steps if "." in text else v - int_offset
+        return min(steps, int(v))
+
+    return steps, end
+
+
+def _at_step(prompt, step, end):
     def pick(m):
         if m.group(3) is not None:
-            before, after, when = m.group(1), m.group(2), float(m.group(3))
+            before, after, when = m.group(1), m.group(2), m.group(3)
         else:
-            before, after, when = "", m.group(4), float(m.group(5))
-        end = int(when * steps) if when < 1 else int(when)
-        return before if step <= end else after
+            before, after, when = "", m.group(4), m.group(5)
+        return before if step <= end(when) else after
 
     return _edit.sub(pick, prompt)
 
 
 def get_learned_conditioning_prompt_schedules(prompts, base_steps, hires_steps=None, use_old_scheduling=False):
-    steps = hires_steps or base_steps
+    steps, end = _timeline(base_steps, hires_steps, use_old_scheduling)
     out = []
     for prompt in prompts:
         ends = set()
         for m in _edit.finditer(prompt):
-            when = float(m.group(3) if m.group(3) is not None else m.group(5))
-            end = int(when * steps) if when < 1 else int(when)
-            if 0 < end < steps:
-                ends.add(end)
+            e = end(m.group(3) if m.group(3) is not None else m.group(5))
+            if 1 <= e < steps:
+                ends.add(e)
         ends = sorted(ends) + [steps]
-        out.append([[end, _at_step(prompt, end, steps)] for end in ends])
+        out.append([[e, _at_step(prompt, e, end)] for e in ends])
     return out
 
 

@@ -1,6 +1,8 @@
 """The CFG callbacks of modules/script_callbacks.py: params objects and runners that
 report and swallow a callback's exception, as the host does."""
 
+import dataclasses
+import inspect
 import traceback
 
 
@@ -33,7 +35,26 @@ class AfterCFGCallbackParams:
 
 callbacks = {"cfg_denoiser": [], "cfg_denoised": [], "cfg_after_cfg": [], "before_ui": [], "ui_settings": [],
              "app_started": []}
+scripts = {}  # callback → the file that registered it (the host records it from the stack)
 reported = []  # what the host would have printed
+
+
+@dataclasses.dataclass
+class ScriptCallback:
+    script: str
+    callback: object
+    name: str = "unnamed"
+
+
+def ordered_callbacks(category):
+    """The host's order (registration order; 1.10's user ordering is not mirrored)."""
+    return [ScriptCallback(scripts.get(c), c) for c in callbacks[category]]
+
+
+def remove_callbacks_for_function(fn):
+    for lst in callbacks.values():
+        if fn in lst:
+            lst.remove(fn)
 
 
 def clear_callbacks():
@@ -64,6 +85,8 @@ def cfg_after_cfg_callback(params):
 def _registrar(kind):
     def register(callback, *, name=None):
         callbacks[kind].append(callback)
+        caller = next((f.filename for f in inspect.stack()[1:] if f.filename != __file__), None)
+        scripts[callback] = caller
 
     register.__name__ = f"on_{kind}"
     return register

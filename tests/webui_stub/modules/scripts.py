@@ -55,6 +55,9 @@ class ScriptRunner:
     def before_process_batch(self, p, **kwargs):
         self._each("before_process_batch", p, **kwargs)
 
+    def process_batch(self, p, **kwargs):
+        self._each("process_batch", p, **kwargs)
+
     def postprocess_batch(self, p, images, **kwargs):
         self._each("postprocess_batch", p, images=images, **kwargs)
 

@@ -19,6 +19,7 @@ class Options:
         "batch_cond_uncond": True,
         "sega_max_concepts": 8,
         "img2img_fix_steps": False,
+        "use_old_scheduling": False,
     }
 
     def __init__(self):
