@@ -69,7 +69,6 @@ class SegaPass:
     # of their own (see `compat.widening_conflict`), and the token that the prompt's cond
     # rows carry in front of their chunks (ControlNet's mark), which concept rows copy.
     separate: bool | None = None
-    conflict: str | None = None  # why, when another extension is the reason
     attention_hooks: list = field(default_factory=list)  # set aside in the separate call
     lead: object = _UNKNOWN
     rows_cache: dict = field(default_factory=dict)
@@ -346,8 +345,8 @@ def _plan_call(params, run: SegaRun, pass_: SegaPass, p):
     if pass_.lead is _UNKNOWN:
         pass_.lead = rows.lead_token(params.text_cond, _chunk_length())
     if pass_.separate is None:
-        pass_.conflict = compat.widening_conflict(denoiser, shared.sd_model, ours=(on_cfg_denoised,))
-        pass_.separate = pass_.low_vram or pass_.conflict is not None
+        conflict = compat.widening_conflict(denoiser, shared.sd_model, ours=(on_cfg_denoised,))
+        pass_.separate = pass_.low_vram or conflict is not None
         if pass_.separate:
             pass_.attention_hooks = compat.hooked_attention(shared.sd_model)
     if pass_.separate:
