@@ -171,3 +171,20 @@ def test_format_is_canonical_for_lists(items):
     assert result.ok
     assert list(result.concepts) == items
     assert format_concepts(result.concepts) == text
+
+
+def test_extra_network_tags_are_left_out_of_concepts():
+    from sega.args import SegaArgs
+    from sega.preview import render_preview
+
+    result = parse_concepts("smile <lora:happy:0.8>, grin\n-<hypernet:h> glasses :: scale=3\n<lora:x:1>")
+    first, second = result.concepts
+    assert (first.text, first.networks) == ("smile, grin", ("<lora:happy:0.8>",))
+    assert (second.text, second.reverse, second.scale) == ("glasses", True, 3.0)
+    assert "extra networks apply to the whole model" in result.errors[0].problem
+    assert format_concepts(result.concepts) == "smile, grin\n-glasses :: scale=3"
+    api = SegaArgs.from_named({"concepts": [{"prompt": "<lora:a:1> smile"}]})
+    assert api.concepts[0].text == "smile" and api.concepts[0].networks == ("<lora:a:1>",)
+    html = render_preview("smile <lora:happy:0.8>")
+    assert 'class="sega-notes"' in html and "&lt;lora:happy:0.8&gt; left out" in html
+    assert 'class="sega-notes"' not in render_preview("smile")
