@@ -19,6 +19,9 @@ class Options:
         "batch_cond_uncond": True,
         "sega_max_concepts": 8,
         "img2img_fix_steps": False,
+        "return_grid": True,
+        "samples_save": True,
+        "samples_format": "png",
     }
 
     def __init__(self):
