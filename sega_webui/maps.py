@@ -49,9 +49,14 @@ def after_begin_pass(p, run) -> None:
     hires = bool(getattr(p, "is_hr_pass", False))
     if not hires:
         state.batches_begun += 1
+    # The WebUI numbers its batches in p.iteration; counting first passes is the fallback
+    # (the gallery's Upscale button runs a hires pass with no first pass).
+    batch = getattr(p, "iteration", None)
+    if not isinstance(batch, int):
+        batch = max(state.batches_begun - 1, 0)
     pass_ = getattr(run, "current", None)
     if pass_ is not None:
-        state.current = (pass_, state.batches_begun - 1, hires)
+        state.current = (pass_, batch, hires)
 
 
 def _collect(state: MapsState) -> None:
@@ -62,7 +67,7 @@ def _collect(state: MapsState) -> None:
     guidance = getattr(pass_, "guidance", None)
     maps = getattr(guidance, "maps", None)
     if maps is None:
-        return  # the pass never started (no steps ran), or it was stopped before
+        return  # the pass never started sampling, or its settings did not fit its steps
     state.passes.append((batch, hires, maps.result()))
 
 
@@ -115,7 +120,7 @@ def pictures_for(state: MapsState, processed, font_factory=None) -> list[tuple]:
             image = images[position]
             for _, hires, maps in sorted((m for m in per_pass if m[0] == batch), key=lambda m: m[1]):
                 own = None if maps is None or i >= maps.shape[1] else maps[:, i]
-                name = ("hires pass" if hires else "first pass") if several_passes else ""
+                name = "hires pass" if hires else ("first pass" if several_passes else "")
                 for picture, caption in render_maps(image, own, state.labels, name, font_factory):
                     out.append((picture, caption, index))
     return out

@@ -72,6 +72,15 @@ def test_images_another_extension_added_keep_the_infotexts_aligned():
     assert result.infotexts[3:6] == [result.infotexts[0]] * 3 and result.infotexts[6:] == [result.infotexts[1]] * 3
 
 
+def test_a_hires_pass_alone_says_so():
+    # The gallery's Upscale button runs only a hires pass.
+    p = state_with([torch.ones(2, 1, 8, 8)], batch_size=1)
+    p.sega_maps.passes[0] = (0, True, p.sega_maps.passes[0][2])
+    result = fake_result(1, grid=False)
+    webui_maps.postprocess(p, result)
+    assert [pic.info["SEGA map"].rsplit("|", 1)[-1] for pic in result.images[1:]] == [" hires pass"] * 3
+
+
 def test_missing_images_get_no_maps():
     result = fake_result(2, grid=False)
     added = webui_maps.postprocess(state_with([torch.ones(2, 2, 8, 8), torch.ones(2, 2, 8, 8)]), result)
