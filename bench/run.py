@@ -2,6 +2,7 @@
 
     python bench/run.py               # CPU, tiny shapes, about a minute
     python bench/run.py --gpu         # CUDA fp16: SD1.5 at 512² (and 4 images at 768²), SDXL at 1024²
+    python bench/run.py --maps-only   # just the guidance maps' cost per step (and the model call)
 
 In one run and on one random-weight UNet per shape it measures, per sampler step (DDIM,
 median of --repeats runs): plain CFG through the WebUI stand-in; our SEGA with N = 1, 2, 4
@@ -9,7 +10,9 @@ concepts (defaults, and with cooldown at 50 %) and in low-VRAM mode; diffusers'
 SemanticStableDiffusionPipeline with the same settings and without concepts; the bound (one
 UNet call at (2+N)·B rows). Ratios are to each side's own plain CFG so they compare across
 machines. On the GPU it also runs one generation with torch.cuda.set_sync_debug_mode("error")
-around SEGA's callbacks, to show that its step path never waits for the device.
+around SEGA's callbacks, to show that its step path never waits for the device (with the
+guidance maps off and on). The maps' line times what "Show where concepts act" adds per
+step at N = 4 against the model call at 6·B rows.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import host_harness  # noqa: E402
 import tiny_models  # noqa: E402
 
 from sega.guidance import ConceptGuidance, SegaGuidance  # noqa: E402
+from sega.maps import ConceptMaps, MapLabel, render_maps  # noqa: E402
 
 CONCEPTS = ["smiling, smile", "glasses, wearing glasses", "curly hair", "beard"]
 
@@ -215,7 +219,48 @@ class Bench:
 
         return self._time(run, 20)
 
-    def no_sync_check(self):
+    def maps_cost(self, n=4):
+        """What "Show where concepts act" adds per step: the engine's map sum (ConceptMaps.add
+        on a step's thresholded terms), and the engine step with and without maps."""
+        s = self.shape
+        shape = (n, s.batch, 4, s.latent, s.latent)
+        psi = torch.randn(shape, device=self.device, dtype=self.dtype)
+        applied = torch.ones(n, device=self.device)
+        maps = ConceptMaps()
+        step = iter(range(10**9))
+
+        def add():
+            for _ in range(20):
+                maps.add(next(step), psi, applied)
+
+        u = torch.randn(shape[1:], device=self.device, dtype=self.dtype)
+        c = torch.randn(shape, device=self.device, dtype=self.dtype)
+        engines = [SegaGuidance([ConceptGuidance(warmup=0) for _ in range(n)], 0.3, 0.6, track_maps=t) for t in (False, True)]
+        counters = [iter(range(10**9)), iter(range(10**9))]
+
+        def stepper(k):
+            def run():
+                for _ in range(20):
+                    engines[k].step(next(counters[k]), u, c)
+            return run
+
+        (add_t, _), (plain_t, _), (maps_t, _) = self._time_many([add, stepper(0), stepper(1)], 20)
+        return add_t, plain_t, maps_t
+
+    def render_cost(self, n=4):
+        """Making the pictures of one image after sampling (once per image, on the CPU)."""
+        from PIL import Image
+
+        s = self.shape
+        image = Image.new("RGB", (s.latent * 8, s.latent * 8), (128, 96, 64))
+        heats = torch.rand(n, s.latent, s.latent).numpy()
+        labels = [MapLabel(c, reverse=i % 2 == 1) for i, c in enumerate(CONCEPTS[:n])]
+        t = time.perf_counter()
+        for _ in range(3):
+            render_maps(image, heats, labels)
+        return (time.perf_counter() - t) / 3
+
+    def no_sync_check(self, show_maps=False):
         """One generation with the sync debug mode on inside SEGA's callbacks."""
         callbacks = self.host.w.script_callbacks.callbacks
         host = self.host.w.host
@@ -238,7 +283,8 @@ class Bench:
             lst[i] = guard(fn)
         try:
             s = self.shape
-            self.host.generate(host_harness.sega_values("\n".join(CONCEPTS), cooldown="50%"), kind=s.kind,
+            values = host_harness.sega_values("\n".join(CONCEPTS), cooldown="50%", show_maps=show_maps)
+            self.host.generate(values, kind=s.kind,
                                sampler_name="DDIM", steps=s.steps, batch_size=s.batch, width=s.latent * 8,
                                height=s.latent * 8)
             return self.host.reported
@@ -261,6 +307,21 @@ def _widener(n):
         params.image_cond = insert_before_last(params.image_cond, b, n)
 
     return widen
+
+
+def maps_lines(b: Bench, shape: Shape, unet4: float) -> list[str]:
+    add_t, plain_t, maps_t = b.maps_cost(4)
+    render_t = b.render_cost(4)
+    return [f"Guidance maps per step, 4 concepts: {add_t * 1e3:.3f} ms = {100 * add_t / unet4:.3f} % of the model "
+            f"call at 6·B rows ({unet4 * 1e3:.2f} ms; target ≤ 1 %); engine step with maps {maps_t * 1e3:.3f} ms, without "
+            f"{plain_t * 1e3:.3f} ms. Pictures, once per image after sampling ({shape.latent * 8}², 4 concepts + "
+            f"combined, CPU): {render_t * 1e3:.1f} ms."]
+
+
+def run_maps_only(shape: Shape, device, dtype, repeats: int) -> list[str]:
+    b = Bench(shape, device, dtype, repeats)
+    unet4, _ = b.unet_call(6 * shape.batch)
+    return [f"### {shape.name}, {device.type} {str(dtype).split('.')[-1]}", "", *maps_lines(b, shape, unet4), ""]
 
 
 def run_shape(shape: Shape, device, dtype, repeats: int) -> list[str]:
@@ -320,10 +381,13 @@ def run_shape(shape: Shape, device, dtype, repeats: int) -> list[str]:
     unet4, _ = b.unet_call(6 * shape.batch)
     lines += ["", f"SEGA arithmetic per step, 4 concepts: {arith * 1e3:.3f} ms = {100 * arith / unet4:.2f} % of the "
               f"model call at 6·B rows ({unet4 * 1e3:.2f} ms; target ≤ 1 % on the GPU shapes)."]
+    lines += maps_lines(b, shape, unet4)
     if device.type == "cuda":
-        problems = b.no_sync_check()
-        lines.append(f"Sync check (set_sync_debug_mode('error') inside SEGA's callbacks, one generation): "
-                     f"{'no sync' if not problems else 'FAILED: ' + problems[0].splitlines()[-1]}.")
+        for show_maps in (False, True):
+            problems = b.no_sync_check(show_maps)
+            lines.append(f"Sync check (set_sync_debug_mode('error') inside SEGA's callbacks, one generation"
+                         f"{', maps on' if show_maps else ''}): "
+                         f"{'no sync' if not problems else 'FAILED: ' + problems[0].splitlines()[-1]}.")
     return lines + [""]
 
 
@@ -332,6 +396,7 @@ def main():
     parser.add_argument("--gpu", action="store_true", help="CUDA, fp16, SD1.5 and SDXL shapes")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--shapes", default=None, help="comma list of: tiny, sd15, sd15big, sdxl")
+    parser.add_argument("--maps-only", action="store_true", help="only the guidance maps' cost (and the model call)")
     args = parser.parse_args()
     shapes = {"tiny": TINY, "sd15": SD15, "sd15big": SD15_BIG, "sdxl": SDXL}
     if args.gpu:
@@ -343,7 +408,7 @@ def main():
     out = ["## Results", "", f"`python bench/run.py{' --gpu' if args.gpu else ''}` — torch {torch.__version__}, "
            f"{torch.cuda.get_device_name() if args.gpu else 'CPU, ' + str(torch.get_num_threads()) + ' threads'}", ""]
     for name in names:
-        out += run_shape(shapes[name], device, dtype, args.repeats)
+        out += (run_maps_only if args.maps_only else run_shape)(shapes[name], device, dtype, args.repeats)
     print("\n".join(out))
 
 

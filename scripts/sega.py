@@ -9,9 +9,11 @@ from modules import scripts
 from sega.args import SegaArgs
 from sega.errors import SegaInputError
 from sega_webui import host
+from sega_webui import maps as sega_maps
 from sega_webui.xyz import OVERRIDES_ATTR
 
 host.register_callbacks()
+sega_maps.register_callbacks(host.SETTINGS_SECTION)
 
 
 class SegaScript(scripts.Script):
@@ -34,17 +36,23 @@ class SegaScript(scripts.Script):
             sega_args = SegaArgs.from_values(args, host.max_concepts(), getattr(p, OVERRIDES_ATTR, None))
         except SegaInputError as e:
             host.decline(p, f"({e.field}): {e.problem}")
+            sega_maps.begin_generation(p, None)
             return
         host.begin_generation(p, sega_args)
+        sega_maps.begin_generation(p, sega_args)
 
     def before_process_batch(self, p, *args, **kwargs):
         host.begin_batch(p)
 
     def process_before_every_sampling(self, p, *args, **kwargs):
         host.begin_pass(p)
+        sega_maps.after_begin_pass(p, getattr(p, host.RUN_ATTR, None))
 
     def postprocess_batch(self, p, *args, **kwargs):
         host.end_batch(p)
 
     def postprocess(self, p, processed, *args):
-        host.end_generation(p)
+        try:
+            sega_maps.postprocess(p, processed, sega_maps.webui_font_factory(), sega_maps.saver(p))
+        finally:
+            host.end_generation(p)

@@ -28,6 +28,7 @@ class SegaArgs:
     momentum_scale: float = BY_NAME["momentum_scale"].default
     momentum_beta: float = BY_NAME["momentum_beta"].default
     hires: bool = BY_NAME["hires"].default
+    show_maps: bool = BY_NAME["show_maps"].default
 
     @property
     def active(self) -> bool:
@@ -193,7 +194,9 @@ class SegaArgs:
         return out
 
     def guidance(self, total_steps: int) -> SegaGuidance:
-        return SegaGuidance(self.concept_guidance(total_steps), self.momentum_scale, self.momentum_beta)
+        return SegaGuidance(
+            self.concept_guidance(total_steps), self.momentum_scale, self.momentum_beta, track_maps=self.show_maps
+        )
 
     def with_values(self, **changes: Any) -> SegaArgs:
         return replace(self, **changes)

@@ -161,6 +161,10 @@ FIELDS: tuple[Field, ...] = (
           "How slowly the momentum forgets earlier steps.", 0.0, 1.0, 0.01),
     Field("hires", "bool", True, "Apply in hires. fix pass", "SEGA hires",
           help="Also steer the hires. fix pass."),
+    # Last, so that positional API args written before it keep their positions. It changes
+    # no image, so it is not written to the infotext.
+    Field("show_maps", "bool", False, "Show where concepts act", None,
+          help="After the images, a map per image and concept of where SEGA changed the latent."),
 )
 
 BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS}

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from sega.maps import ConceptMaps
+
 
 @dataclass(frozen=True)
 class ConceptGuidance:
@@ -75,7 +77,10 @@ class SegaGuidance:
         concepts: Sequence[ConceptGuidance],
         momentum_scale: float = 0.3,
         momentum_beta: float = 0.6,
+        track_maps: bool = False,
     ):
+        """`track_maps`: also sum where each concept's applied term acts (`maps`, see
+        sega/maps.py). Off, the step computes exactly what it computes without it."""
         if not concepts:
             raise ValueError("SegaGuidance needs at least one concept")
         self.concepts = tuple(concepts)
@@ -87,6 +92,7 @@ class SegaGuidance:
         # Parameter, index and weight tensors per device and phase, built once, so a step
         # never copies host data to the device.
         self._cache: dict[tuple, object] = {}
+        self.maps: ConceptMaps | None = ConceptMaps() if track_maps else None
 
     def __len__(self) -> int:
         return len(self.concepts)
@@ -173,6 +179,9 @@ class SegaGuidance:
             gamma = gamma + self.momentum_scale * momentum
             self.momentum = self.momentum_beta * momentum + (1 - self.momentum_beta) * gamma
 
+        if self.maps is not None and psi is not None:
+            self._track_maps(step, psi, warm, weights)
+
         if all(warm):
             return gamma
         if not any(warm) or psi is None:
@@ -184,6 +193,28 @@ class SegaGuidance:
             # The reference divides 0 by 0 here (NaN); no warm weight means no edit.
             return torch.zeros_like(eps_uncond)
         return torch.einsum("cb,cbijk->bijk", w_hat, psi.index_select(0, sel))
+
+    def _track_maps(self, step, psi, warm, weights) -> None:
+        """Hand the maps each concept's share of the term this step applies: its weight
+        when every concept is warm, its normalised weight when only some are (the
+        momentum is not attributed), nothing while none is."""
+        key = ("maps", psi.device, warm, weights)
+        if key not in self._cache:
+            applied = None
+            if all(warm):
+                applied = list(weights)
+            elif any(warm):
+                total = sum(w for w, is_warm in zip(weights, warm, strict=True) if is_warm)
+                if total > 0:
+                    applied = [w / total if is_warm else 0.0 for w, is_warm in zip(weights, warm, strict=True)]
+            if applied is not None and any(applied):
+                applied = torch.tensor(applied, dtype=torch.float32).to(psi.device)
+            else:
+                applied = None
+            self._cache[key] = applied
+        applied = self._cache[key]
+        if applied is not None:
+            self.maps.add(step, psi, applied)
 
     def _weight_matrix(self, device, dtype, weights, batch):
         key = ("w", device, dtype, weights, batch)

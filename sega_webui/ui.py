@@ -44,6 +44,8 @@ def build(tab: str, defaults: dict[str, Any] | None = None, max_concepts: int = 
         with gr.Row():
             c["enabled"] = gr.Checkbox(value=bool(ui_value["enabled"]), label=BY_NAME["enabled"].label, elem_id=eid("enabled"))
             c["hires"] = gr.Checkbox(value=bool(ui_value["hires"]), label=BY_NAME["hires"].label, elem_id=eid("hires"))
+            c["show_maps"] = gr.Checkbox(value=bool(ui_value["show_maps"]), label=BY_NAME["show_maps"].label,
+                                         elem_id=eid("show_maps"))
         c["concepts"] = gr.Textbox(value=ui_value["concepts"], label=BY_NAME["concepts"].label, lines=3, max_lines=12,
                                    placeholder=PLACEHOLDER, elem_id=eid("concepts"))
         preview = gr.HTML(value=render_preview(ui_value["concepts"], values, max_concepts), elem_id=eid("preview"))
@@ -81,9 +83,13 @@ def build(tab: str, defaults: dict[str, Any] | None = None, max_concepts: int = 
 
 def infotext_fields(components):
     """Paste bindings. A pasted text without SEGA turns SEGA off; one with SEGA sets every
-    field, to its built-in default where the text leaves it out (infotext is compact)."""
+    field, to its built-in default where the text leaves it out (infotext is compact).
+    Settings that are never written (showing the maps) are not pasted: they are the
+    user's view, not part of how the image was made."""
     out = []
     for component, f in zip(components, FIELDS, strict=True):
+        if f.infotext is None and f.name != "enabled":
+            continue
         if f.name == "enabled":
             out.append((component, lambda d: CONCEPTS_INFOTEXT in d))
         else:

@@ -30,7 +30,7 @@ def test_components_follow_the_args_order_with_stable_ids(built):
     demo, components, _, _ = built
     assert [c.elem_id for c in components] == [f"sega_txt2img_{f.name}" for f in FIELDS]
     kinds = [type(c).__name__ for c in components]
-    assert kinds == ["Checkbox", "Textbox", "Slider", "Slider", "Textbox", "Textbox", "Slider", "Slider", "Slider", "Checkbox"]
+    assert kinds == ["Checkbox", "Textbox", "Slider", "Slider", "Textbox", "Textbox", "Slider", "Slider", "Slider", "Checkbox", "Checkbox"]
     for c, f in zip(components, FIELDS, strict=True):
         assert c.label and f.label in c.label  # /sdapi/v1/script-info shows these labels
         if f.kind == "float":
@@ -42,7 +42,7 @@ def test_defaults_come_from_settings_or_the_table(built):
     values = {f.name: c.value for c, f in zip(components, FIELDS, strict=True)}
     assert values == {
         "enabled": False, "concepts": "", "scale": 6.5, "threshold": 0.95, "warmup": "3", "cooldown": "",
-        "weight": 1.0, "momentum_scale": 0.3, "momentum_beta": 0.6, "hires": True,
+        "weight": 1.0, "momentum_scale": 0.3, "momentum_beta": 0.6, "hires": True, "show_maps": False,
     }
 
 
@@ -89,6 +89,8 @@ def test_tooltips_come_from_the_settings_table(built):
 def test_paste_restores_every_field_and_turns_sega_off_without_it(built):
     _, components, infotext_fields, paste_names = built
     assert set(paste_names) == {f.infotext for f in FIELDS if f.infotext}
+    # Showing the maps changes no image: it is neither written nor pasted.
+    assert "sega_txt2img_show_maps" not in {c.elem_id for c, _ in infotext_fields}
     params = {"SEGA concepts": "smile", "SEGA threshold": "0.9"}
     pasted = {c.elem_id: fn(params) for c, fn in infotext_fields}
     assert pasted["sega_txt2img_enabled"] is True

@@ -4,16 +4,21 @@ process_before_every_sampling for the first pass and again for the hires pass,
 postprocess_batch, the batch's infotexts; then postprocess). Images are latents; an
 image's infotext is the generation parameters as they were when it was written."""
 
+import numpy as np
 import torch
+from PIL import Image
 
-from modules import prompt_parser, sd_samplers, shared
+from modules import infotext_utils, prompt_parser, sd_samplers, shared
 
 
 class Processed:
-    def __init__(self, p, images, comments):
+    def __init__(self, p, images, comments, infotexts=None, index_of_first_image=0):
         self.images = images
         self.comments = comments
         self.extra_generation_params = dict(p.extra_generation_params)
+        self.infotexts = infotexts or []
+        self.info = self.infotexts[0] if self.infotexts else ""
+        self.index_of_first_image = index_of_first_image
 
 
 class StableDiffusionProcessingTxt2Img:
@@ -38,8 +43,13 @@ class StableDiffusionProcessingTxt2Img:
         self.sampler = None
         self.sd_model = shared.sd_model
         self.image_cfg_scale = None
+        self.do_not_save_samples = False
+        self.outpath_samples = "outputs/txt2img-images"
         for k, v in extra.items():
             setattr(self, k, v)
+
+    def save_samples(self):
+        return shared.opts.samples_save and not self.do_not_save_samples
 
     def comment(self, text):
         self.comments[text] = 1
@@ -101,6 +111,8 @@ def process_images(p):
     torch.manual_seed(p.seed)  # the stand-in's stochastic samplers draw from the global RNG
     p.prompts = [p.prompt] * p.batch_size
     p.infotexts = []
+    p.all_prompts = [p.prompt] * (p.batch_size * p.n_iter)
+    p.all_seeds = [p.seed + k for k in range(p.batch_size * p.n_iter)]
     p.negative_prompts = [p.negative_prompt] * p.batch_size
     if p.scripts is not None:
         p.scripts.process(p)
@@ -110,17 +122,54 @@ def process_images(p):
         for n in range(p.n_iter):
             if shared.state.interrupted:
                 break
+            p.iteration = n
             if p.scripts is not None:
                 p.scripts.before_process_batch(p, batch_number=n)
                 p.scripts.process_batch(p, batch_number=n)
             samples = p.sample(n)
             if p.scripts is not None:
                 p.scripts.postprocess_batch(p, samples, batch_number=n)
-            # Infotexts are written here, after postprocess_batch, as in the WebUI.
+            # The batch's generation parameters are taken here, after postprocess_batch, as
+            # the WebUI writes each image's infotext then.
             p.infotexts.extend([dict(p.extra_generation_params)] * samples.shape[0])
             images.append(samples)
-    res = Processed(p, torch.cat(images) if images else None, dict(p.comments))
-    res.infotexts = p.infotexts
+    if getattr(p, "pil_images", False):
+        res = _processed_pictures(p, images)
+    else:
+        res = Processed(p, torch.cat(images) if images else None, dict(p.comments), p.infotexts)
     if p.scripts is not None:
         p.scripts.postprocess(p, res)
     return res
+
+
+def _picture(latent):
+    """A stand-in for the VAE: the first three latent channels as RGB, each latent pixel
+    an 8×8 block, so equal latents give equal pictures."""
+    rgb = torch.sigmoid(latent[:3].float()).mul(255).round().to(torch.uint8)
+    array = np.ascontiguousarray(rgb.permute(1, 2, 0).numpy()).repeat(8, 0).repeat(8, 1)
+    return Image.fromarray(array, "RGB")
+
+
+def _processed_pictures(p, batches):
+    """What the WebUI hands `postprocess` (opts.return_grid as in 1.10.1): PIL images, one
+    infotext each, and, for several images, a grid in front with index_of_first_image 1."""
+    pictures, infotexts = [], []
+    for n, batch in enumerate(batches):
+        for i, latent in enumerate(batch):
+            params = {"Steps": p.steps, "Sampler": p.sampler_name, "Seed": p.all_seeds[n * p.batch_size + i],
+                      **p.infotexts[n * p.batch_size + i]}
+            text = infotext_utils.create_infotext(p.prompt, p.negative_prompt, params)
+            picture = _picture(latent)
+            picture.info["parameters"] = text
+            pictures.append(picture)
+            infotexts.append(text)
+    first = 0
+    if len(pictures) > 1 and shared.opts.return_grid:
+        w, h = pictures[0].size
+        grid = Image.new("RGB", (w * p.batch_size, h * ((len(pictures) + p.batch_size - 1) // p.batch_size)))
+        for k, picture in enumerate(pictures):
+            grid.paste(picture, ((k % p.batch_size) * w, (k // p.batch_size) * h))
+        pictures.insert(0, grid)
+        infotexts.insert(0, infotexts[0])
+        first = 1
+    return Processed(p, pictures, dict(p.comments), infotexts, first)

@@ -20,6 +20,9 @@ class Options:
         "sega_max_concepts": 8,
         "img2img_fix_steps": False,
         "use_old_scheduling": False,
+        "return_grid": True,
+        "samples_save": True,
+        "samples_format": "png",
     }
 
     def __init__(self):
