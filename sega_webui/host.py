@@ -23,11 +23,9 @@ import torch
 from modules import prompt_parser, script_callbacks, shared
 
 from sega.args import SegaArgs
-from sega.concepts import DEFAULT_MAX_CONCEPTS
 from sega.errors import SegaInputError
-from sega.fields import FIELDS
 from sega.guidance import SegaGuidance
-from sega_webui import api, rows, xyz
+from sega_webui import rows
 from sega_webui.steps import StepClock, real_steps
 
 try:  # timestep samplers (DDIM, PLMS, UniPC) return ε, k-diffusion ones x0
@@ -370,88 +368,8 @@ def on_cfg_after_cfg(params) -> None:
         params.x = params.x - sigma * term
 
 
-# ---- settings, X/Y/Z and the API ------------------------------------------------------------
-
-SETTINGS_SECTION = ("sega", "SEGA")
-SETTING_PREFIX = "sega_default_"
-
-
-def max_concepts() -> int:
-    return int(getattr(shared.opts, "sega_max_concepts", DEFAULT_MAX_CONCEPTS) or DEFAULT_MAX_CONCEPTS)
-
-
-def ui_defaults() -> dict:
-    """The accordion's defaults: the built-in ones, as changed in Settings → SEGA."""
-    out = {}
-    for f in FIELDS:
-        if f.name in ("enabled", "concepts"):
-            continue
-        value = getattr(shared.opts, SETTING_PREFIX + f.name, None)
-        if value is None:
-            continue
-        try:
-            out[f.name] = f.coerce(value)
-        except SegaInputError:
-            continue  # a bad saved setting falls back to the built-in default
-    return out
-
-
-def on_ui_settings() -> None:
-    import gradio as gr
-
-    section = SETTINGS_SECTION
-    shared.opts.add_option("sega_max_concepts", shared.OptionInfo(
-        DEFAULT_MAX_CONCEPTS, "Most concepts per generation", gr.Slider, {"minimum": 1, "maximum": 16, "step": 1},
-        section=section))
-    shared.opts.add_option("sega_low_vram", shared.OptionInfo(
-        False, "Low VRAM: evaluate concepts in model calls of their own instead of widening the batch "
-        "(same images, peak memory near a plain generation's, a little slower)", gr.Checkbox, section=section))
-    for f in FIELDS:
-        if f.name in ("enabled", "concepts"):
-            continue
-        label = f"Default {f.label.lower()}" + (f" ({f.symbol})" if f.symbol else "")
-        if f.kind == "float":
-            info = shared.OptionInfo(f.default, label, gr.Slider,
-                                     {"minimum": f.minimum, "maximum": f.maximum, "step": f.step}, section=section)
-        elif f.kind == "bool":
-            info = shared.OptionInfo(f.default, label, gr.Checkbox, section=section)
-        else:
-            info = shared.OptionInfo(f.format(f.default), label, gr.Textbox, section=section)
-        shared.opts.add_option(SETTING_PREFIX + f.name, info)
-
-
-def on_before_ui() -> None:
-    module = find_xyz_module()
-    if module is None:
-        return
-    labels = {getattr(a, "label", None) for a in module.axis_options}
-    for axis in xyz.axes(module.AxisOption, max_concepts()):
-        if axis.label not in labels:
-            module.axis_options.append(axis)
-
-
-def find_xyz_module():
-    from modules import scripts
-
-    for data in getattr(scripts, "scripts_data", []):
-        if data.script_class.__module__ in ("xyz_grid.py", "scripts.xyz_grid") and hasattr(data.module, "AxisOption"):
-            return data.module
-    return None
-
-
-def on_app_started(demo, app) -> None:
-    try:
-        from modules.infotext_utils import parse_generation_parameters
-    except ImportError:  # pragma: no cover - older WebUI
-        parse_generation_parameters = None
-    api.install(app, max_concepts, parse_generation_parameters)
-
-
 def register_callbacks() -> None:
     # No name= keyword: WebUIs before 1.8 do not take it.
     script_callbacks.on_cfg_denoiser(on_cfg_denoiser)
     script_callbacks.on_cfg_denoised(on_cfg_denoised)
     script_callbacks.on_cfg_after_cfg(on_cfg_after_cfg)
-    script_callbacks.on_ui_settings(on_ui_settings)
-    script_callbacks.on_before_ui(on_before_ui)
-    script_callbacks.on_app_started(on_app_started)
