@@ -7,7 +7,8 @@ model call of a `p` that carries a run:
 
 - `cfg_denoiser`: adds B rows per needed concept between the cond and the uncond rows;
 - `cfg_denoised`: reads the concept and uncond outputs and asks the engine for the term;
-- `cfg_after_cfg`: adds the term to the guided result (in ε, or as −σ·γ on x0).
+- `cfg_after_cfg`: adds the term to the guided result (in ε, or as −σ·γ on x0), only where
+  an inpainting mask repaints (`inpaint.py`).
 
 The callbacks of one model call run in order on one thread and carry no reference to
 `p` after the first, so the first hands its `CallRecord` to the other two through
@@ -25,7 +26,7 @@ from modules import prompt_parser, script_callbacks, shared
 from sega.args import SegaArgs
 from sega.errors import SegaInputError
 from sega.guidance import SegaGuidance
-from sega_webui import rows
+from sega_webui import inpaint, rows
 from sega_webui.steps import StepClock, real_steps
 
 try:  # timestep samplers (DDIM, PLMS, UniPC) return ε, k-diffusion ones x0
@@ -89,6 +90,7 @@ class CallRecord:
     concept_rows: object = None  # low-VRAM mode: the concepts' conds, evaluated separately
     image_cond: torch.Tensor | None = None
     dict_conds: bool = False
+    repaint: torch.Tensor | None = None  # inpainting: the host's repaint share (nmask)
 
 
 class _Current:
@@ -225,6 +227,7 @@ def on_cfg_denoiser(params) -> None:
     record = CallRecord(
         pass_, step, active, params.x.shape[0] - batch, batch, params.x[-batch:], params.sigma[-batch:], eps_space
     )
+    record.repaint = inpaint.repaint_share(denoiser)
     if active and pass_.separate_calls:
         # Low-VRAM: the concepts get their own model calls in cfg_denoised.
         record.image_cond = params.image_cond[-batch:]
@@ -353,14 +356,14 @@ def on_cfg_denoised(params) -> None:
         uncond = (record.x - uncond) / sigma
         if concepts is not None:
             concepts = (record.x.unsqueeze(0) - concepts) / sigma
-    record.term = record.pass_.guidance.step(record.step, uncond, concepts)
+    record.term = record.pass_.guidance.step(record.step, uncond, concepts, inpaint.region(record.repaint, uncond))
 
 
 def on_cfg_after_cfg(params) -> None:
     record, _current.record = _current.record, None
     if record is None or record.term is None:
         return
-    term = record.term.to(params.x.dtype)
+    term = inpaint.restrict(record.term, record.repaint).to(params.x.dtype)
     if record.eps_space:
         params.x = params.x + term
     else:
