@@ -174,8 +174,11 @@ def concept_conds(p, run: SegaRun, model, hires: bool) -> list:
 
 def _hook_sampler(sampler, pass_: SegaPass, name: str) -> None:
     """Learn the pass's real step count when it launches, and its completed steps."""
-    launch = sampler.func
-    completed = sampler.callback_state
+    # img2img keeps one sampler for every batch of a generation: wrap the originals each
+    # time, not the previous batch's wrappers.
+    if not hasattr(sampler, "_sega_unhooked"):
+        sampler._sega_unhooked = (sampler.func, sampler.callback_state)
+    launch, completed = sampler._sega_unhooked
 
     # wraps() keeps the signature visible: the host inspects it to pick the arguments.
     @functools.wraps(launch)

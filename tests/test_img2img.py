@@ -135,6 +135,29 @@ def test_warmup_at_the_last_real_step_acts_and_past_it_does_not(host, sampler):
     assert set(guided) == {n - 1}
 
 
+def test_batch_count_reuses_the_sampler_and_counts_each_batch(host):
+    # img2img makes its sampler once per generation and samples every batch with it.
+    seen = []
+
+    def spy(params):
+        record = host.w.host._current.record
+        if record is not None:
+            seen.append((params.denoiser.sampler, record.pass_, record.step, sampler_frame_step()))
+
+    with host.callback("cfg_denoiser", spy):
+        result = host.generate(sega_values(warmup="0"), img2img=True, sampler_name="Heun", steps=STEPS, n_iter=2)
+    assert host.reported == []
+    samplers = {id(s) for s, *_ in seen}
+    passes = {id(p): p for _, p, _, _ in seen}
+    assert len(samplers) == 1 and len(passes) == 2
+    assert all(p.steps == real_steps("Heun", 0.75) for p in passes.values())
+    assert all(ours == truth for *_, ours, truth in seen)
+    import k_diffusion.sampling
+
+    assert seen[0][0].func.__wrapped__ is k_diffusion.sampling.sample_heun  # wrapped once, not per batch
+    assert not torch.equal(result.images[0], result.images[1])
+
+
 @pytest.mark.parametrize("sampler, first", [("Euler", 4), ("DDIM", 3), ("UniPC", 4)])
 def test_percentages_are_shares_of_the_real_steps(host, sampler, first):
     # 0.75 of 10 steps: Euler runs 8 (50% → 4), DDIM 6 (→ 3), UniPC 7 (3.5 rounds up → 4).
