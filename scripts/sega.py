@@ -1,4 +1,4 @@
-"""The SEGA accordion in txt2img and the hooks that start and end SEGA per generation.
+"""The SEGA accordion in txt2img and img2img, and the hooks that start and end SEGA per generation.
 
 The guidance lives in `sega/` (host-free), the WebUI sampling-loop adapter in
 `sega_webui/host.py`; this file only wires them to the WebUI's script API.
@@ -8,12 +8,12 @@ from modules import scripts
 
 from sega.args import SegaArgs
 from sega.errors import SegaInputError
-from sega_webui import host
+from sega_webui import host, registration
 from sega_webui import maps as sega_maps
 from sega_webui.xyz import OVERRIDES_ATTR
 
 host.register_callbacks()
-sega_maps.register_callbacks(host.SETTINGS_SECTION)
+registration.register()
 
 
 class SegaScript(scripts.Script):
@@ -21,19 +21,19 @@ class SegaScript(scripts.Script):
         return "SEGA"
 
     def show(self, is_img2img):
-        return scripts.AlwaysVisible if not is_img2img else False
+        return scripts.AlwaysVisible
 
     def ui(self, is_img2img):
         from sega_webui import ui  # gradio only where a UI is built
 
         components, self.infotext_fields, self.paste_field_names = ui.build(
-            "img2img" if is_img2img else "txt2img", host.ui_defaults(), host.max_concepts()
+            "img2img" if is_img2img else "txt2img", registration.ui_defaults(), registration.max_concepts()
         )
         return components
 
     def process(self, p, *args):
         try:
-            sega_args = SegaArgs.from_values(args, host.max_concepts(), getattr(p, OVERRIDES_ATTR, None))
+            sega_args = SegaArgs.from_values(args, registration.max_concepts(), getattr(p, OVERRIDES_ATTR, None))
         except SegaInputError as e:
             host.decline(p, f"({e.field}): {e.problem}")
             sega_maps.begin_generation(p, None)

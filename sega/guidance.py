@@ -34,30 +34,46 @@ class ConceptGuidance:
         return self.cooldown is not None and step >= self.cooldown
 
 
-def abs_quantile(values: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+def abs_quantile(values: torch.Tensor, q: torch.Tensor, region: torch.Tensor | None = None) -> torch.Tensor:
     """Linear-interpolation quantile of |values| over the last dim, one q per leading row.
 
     Bit-identical to `torch.quantile(values.abs(), q_i, dim=-1)` taken row by row, but
     vectorised over rows that each have their own q, and without the host-side checks
-    torch.quantile runs on a tensor q (a device sync).
+    torch.quantile runs on a tensor q (a device sync). With `region` (bool, broadcastable
+    to `values`), only the entries inside it count, as if the others were not there.
     """
-    ordered = values.abs().to(torch.float32).sort(dim=-1).values
-    ranks = q.to(torch.float32) * (ordered.shape[-1] - 1)
+    magnitude = values.abs().to(torch.float32)
+    if region is None:
+        ordered = magnitude.sort(dim=-1).values
+        ranks = q.to(torch.float32) * (ordered.shape[-1] - 1)
+        skipped = 0
+    else:
+        # Entries outside the region sort first (below any magnitude) and are skipped.
+        region = region.expand_as(magnitude)
+        ordered = torch.where(region, magnitude, torch.full((), -1.0, device=magnitude.device)).sort(dim=-1).values
+        inside = region.sum(dim=-1)
+        ranks = q.to(torch.float32) * (inside - 1).clamp(min=0)
+        skipped = ordered.shape[-1] - inside
     below = ranks.long()
     weight = ranks - below
     above = ranks.ceil().long()
-    low = ordered.gather(-1, below.unsqueeze(-1)).squeeze(-1)
-    high = ordered.gather(-1, above.unsqueeze(-1)).squeeze(-1)
+    low = ordered.gather(-1, (below + skipped).unsqueeze(-1)).squeeze(-1)
+    high = ordered.gather(-1, (above + skipped).unsqueeze(-1)).squeeze(-1)
     return low.lerp(high, weight)
 
 
-def threshold_guidance(psi: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+def threshold_guidance(psi: torch.Tensor, thresholds: torch.Tensor, region: torch.Tensor | None = None) -> torch.Tensor:
     """Keep the entries of psi [K, B, C, H, W] whose magnitude reaches the per-concept
-    percentile `thresholds` [K], taken over H×W for every (concept, image, channel)."""
+    percentile `thresholds` [K], taken over H×W for every (concept, image, channel).
+    With `region` (bool, broadcastable to [B, C, H, W]) the percentile is taken over the
+    region only, and entries outside it are dropped."""
     k, b, c = psi.shape[:3]
     flat = psi.reshape(k, b, c, -1)
-    q = abs_quantile(flat, thresholds.view(k, 1, 1).expand(k, b, c)).to(psi.dtype)
+    inside = None if region is None else region.to(torch.bool).expand(psi.shape[1:]).reshape(1, b, c, -1)
+    q = abs_quantile(flat, thresholds.view(k, 1, 1).expand(k, b, c), inside).to(psi.dtype)
     keep = flat.abs() >= q.unsqueeze(-1)
+    if inside is not None:
+        keep = keep & inside
     return torch.where(keep, flat, torch.zeros((), dtype=psi.dtype, device=psi.device)).view_as(psi)
 
 
@@ -139,11 +155,14 @@ class SegaGuidance:
         step: int,
         eps_uncond: torch.Tensor,
         eps_concepts: torch.Tensor | None,
+        region: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The SEGA term for one step.
 
         eps_uncond: [B, C, H, W]; eps_concepts: [K, B, C, H, W] for the K concepts of
         `rows_needed(step)`, in that order (None or K = 0 when none are needed).
+        region: where the image may change (bool, broadcastable to [B, C, H, W]; None:
+        everywhere). Thresholds count only the region and the term is zero outside it.
         """
         active = self.rows_needed(step)
         k = 0 if eps_concepts is None else eps_concepts.shape[0]
@@ -167,7 +186,7 @@ class SegaGuidance:
             idx = self._index(device, active)
             shape = (len(active), 1, 1, 1, 1)
             psi = (eps_concepts - eps_uncond.unsqueeze(0)) * p["signed_scale"].index_select(0, idx).view(shape)
-            psi = threshold_guidance(psi, p["threshold"].index_select(0, idx))
+            psi = threshold_guidance(psi, p["threshold"].index_select(0, idx), region)
             if len(active) < n:
                 psi = eps_uncond.new_zeros((n, *eps_uncond.shape)).index_copy_(0, idx, psi)
             gamma = torch.einsum("cb,cbijk->bijk", self._weight_matrix(device, dtype, weights, b), psi)

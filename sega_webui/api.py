@@ -15,12 +15,12 @@ from typing import Any
 from sega.args import SegaArgs
 from sega.errors import SegaInputError
 
-CHECKED_PATHS = ("/sdapi/v1/txt2img",)
+CHECKED_PATHS = ("/sdapi/v1/txt2img", "/sdapi/v1/img2img")
 SCRIPT_KEY = "sega"
 
 
 def check_request(payload: Any, max_concepts: int, parse_infotext: Callable[[str], Mapping[str, str]] | None) -> None:
-    """Raise SegaInputError for invalid SEGA settings in a txt2img request body."""
+    """Raise SegaInputError for invalid SEGA settings in a txt2img or img2img request body."""
     if not isinstance(payload, Mapping):
         return  # not ours to judge; the WebUI answers malformed bodies itself
     scripts = payload.get("alwayson_scripts")

@@ -8,7 +8,8 @@ model call of a `p` that carries a run:
 - `cfg_denoiser`: adds B rows per needed concept between the cond and the uncond rows
   (or, where that layout is not safe, keeps them for a model call of their own);
 - `cfg_denoised`: reads the concept and uncond outputs and asks the engine for the term;
-- `cfg_after_cfg`: adds the term to the guided result (in ε, or as −σ·γ on x0).
+- `cfg_after_cfg`: adds the term to the guided result (in ε, or as −σ·γ on x0), only where
+  an inpainting mask repaints (`inpaint.py`).
 
 The callbacks of one model call run in order on one thread and carry no reference to
 `p` after the first, so the first hands its `CallRecord` to the other two through
@@ -30,11 +31,10 @@ import torch
 from modules import prompt_parser, script_callbacks, shared
 
 from sega.args import SegaArgs
-from sega.concepts import DEFAULT_MAX_CONCEPTS, network_note
+from sega.concepts import network_note
 from sega.errors import SegaInputError
-from sega.fields import FIELDS
 from sega.guidance import SegaGuidance
-from sega_webui import api, compat, rows, xyz
+from sega_webui import compat, inpaint, rows
 from sega_webui.steps import StepClock, real_steps, sampler_family
 
 try:  # timestep samplers (DDIM, PLMS, UniPC) return ε, k-diffusion ones x0
@@ -127,6 +127,7 @@ class CallRecord:
     concept_rows: object = None  # separate mode: the concepts' conds, evaluated in cfg_denoised
     image_cond: torch.Tensor | None = None
     dict_conds: bool = False
+    repaint: torch.Tensor | None = None  # inpainting: the host's repaint share (nmask)
 
 
 class _Current:
@@ -269,8 +270,11 @@ def concept_conds(p, run: SegaRun, model, hires: bool) -> list:
 
 def _hook_sampler(sampler, pass_: SegaPass, name: str) -> None:
     """Learn the pass's real step count when it launches, and its completed steps."""
-    launch = sampler.func
-    completed = sampler.callback_state
+    # img2img keeps one sampler for every batch of a generation: wrap the originals each
+    # time, not the previous batch's wrappers.
+    if not hasattr(sampler, "_sega_unhooked"):
+        sampler._sega_unhooked = (sampler.func, sampler.callback_state)
+    launch, completed = sampler._sega_unhooked
 
     # wraps() keeps the signature visible: the host inspects it to pick the arguments.
     @functools.wraps(launch)
@@ -340,6 +344,7 @@ def _plan_call(params, run: SegaRun, pass_: SegaPass, p):
     record = CallRecord(
         run, p, pass_, step, active, cond_rows, batch, params.x[-batch:], params.sigma[-batch:], eps_space
     )
+    record.repaint = inpaint.repaint_share(denoiser)
     if not active:
         return record, None
     if pass_.lead is _UNKNOWN:
@@ -511,7 +516,7 @@ def _read_back(params, record: CallRecord) -> None:
         uncond = (record.x - uncond) / sigma
         if concepts is not None:
             concepts = (record.x.unsqueeze(0) - concepts) / sigma
-    record.term = record.pass_.guidance.step(record.step, uncond, concepts)
+    record.term = record.pass_.guidance.step(record.step, uncond, concepts, inpaint.region(record.repaint, uncond))
 
 
 def on_cfg_after_cfg(params) -> None:
@@ -519,7 +524,7 @@ def on_cfg_after_cfg(params) -> None:
     if record is None or record.term is None:
         return
     try:
-        term = record.term.to(params.x.dtype)
+        term = inpaint.restrict(record.term, record.repaint).to(params.x.dtype)
         if record.eps_space:
             guided = params.x + term
         else:
@@ -532,88 +537,8 @@ def on_cfg_after_cfg(params) -> None:
     record.run.acted = True
 
 
-# ---- settings, X/Y/Z and the API ------------------------------------------------------------
-
-SETTINGS_SECTION = ("sega", "SEGA")
-SETTING_PREFIX = "sega_default_"
-
-
-def max_concepts() -> int:
-    return int(getattr(shared.opts, "sega_max_concepts", DEFAULT_MAX_CONCEPTS) or DEFAULT_MAX_CONCEPTS)
-
-
-def ui_defaults() -> dict:
-    """The accordion's defaults: the built-in ones, as changed in Settings → SEGA."""
-    out = {}
-    for f in FIELDS:
-        if f.name in ("enabled", "concepts"):
-            continue
-        value = getattr(shared.opts, SETTING_PREFIX + f.name, None)
-        if value is None:
-            continue
-        try:
-            out[f.name] = f.coerce(value)
-        except SegaInputError:
-            continue  # a bad saved setting falls back to the built-in default
-    return out
-
-
-def on_ui_settings() -> None:
-    import gradio as gr
-
-    section = SETTINGS_SECTION
-    shared.opts.add_option("sega_max_concepts", shared.OptionInfo(
-        DEFAULT_MAX_CONCEPTS, "Most concepts per generation", gr.Slider, {"minimum": 1, "maximum": 16, "step": 1},
-        section=section))
-    shared.opts.add_option("sega_low_vram", shared.OptionInfo(
-        False, "Low VRAM: evaluate concepts in model calls of their own instead of widening the batch "
-        "(same images, peak memory near a plain generation's, a little slower)", gr.Checkbox, section=section))
-    for f in FIELDS:
-        if f.name in ("enabled", "concepts"):
-            continue
-        label = f"Default {f.label.lower()}" + (f" ({f.symbol})" if f.symbol else "")
-        if f.kind == "float":
-            info = shared.OptionInfo(f.default, label, gr.Slider,
-                                     {"minimum": f.minimum, "maximum": f.maximum, "step": f.step}, section=section)
-        elif f.kind == "bool":
-            info = shared.OptionInfo(f.default, label, gr.Checkbox, section=section)
-        else:
-            info = shared.OptionInfo(f.format(f.default), label, gr.Textbox, section=section)
-        shared.opts.add_option(SETTING_PREFIX + f.name, info)
-
-
-def on_before_ui() -> None:
-    module = find_xyz_module()
-    if module is None:
-        return
-    labels = {getattr(a, "label", None) for a in module.axis_options}
-    for axis in xyz.axes(module.AxisOption, max_concepts()):
-        if axis.label not in labels:
-            module.axis_options.append(axis)
-
-
-def find_xyz_module():
-    from modules import scripts
-
-    for data in getattr(scripts, "scripts_data", []):
-        if data.script_class.__module__ in ("xyz_grid.py", "scripts.xyz_grid") and hasattr(data.module, "AxisOption"):
-            return data.module
-    return None
-
-
-def on_app_started(demo, app) -> None:
-    try:
-        from modules.infotext_utils import parse_generation_parameters
-    except ImportError:  # pragma: no cover - older WebUI
-        parse_generation_parameters = None
-    api.install(app, max_concepts, parse_generation_parameters)
-
-
 def register_callbacks() -> None:
     # No name= keyword: WebUIs before 1.8 do not take it.
     script_callbacks.on_cfg_denoiser(on_cfg_denoiser)
     script_callbacks.on_cfg_denoised(on_cfg_denoised)
     script_callbacks.on_cfg_after_cfg(on_cfg_after_cfg)
-    script_callbacks.on_ui_settings(on_ui_settings)
-    script_callbacks.on_before_ui(on_before_ui)
-    script_callbacks.on_app_started(on_app_started)

@@ -179,16 +179,12 @@ def _slug(caption: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")[:40].lower()
 
 
-def on_ui_settings(section) -> None:
+def save_option(section):
+    """Settings → SEGA: whether maps are saved with the images (registered with the rest of
+    SEGA's settings, in every start mode: sega_webui/registration.py)."""
     import gradio as gr
     from modules import shared
 
-    shared.opts.add_option(SAVE_OPTION, shared.OptionInfo(
+    return shared.OptionInfo(
         False, "Save the SEGA guidance maps (\"Show where concepts act\") with the images, when images are saved",
-        gr.Checkbox, section=section))
-
-
-def register_callbacks(section) -> None:
-    from modules import script_callbacks
-
-    script_callbacks.on_ui_settings(lambda: on_ui_settings(section))
+        gr.Checkbox, section=section)

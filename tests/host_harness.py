@@ -1,4 +1,4 @@
-"""Runs txt2img in the WebUI stand-in with and without SEGA."""
+"""Runs txt2img and img2img in the WebUI stand-in with and without SEGA."""
 
 from __future__ import annotations
 
@@ -37,22 +37,29 @@ class Host:
         self.script = self.w.script_module.SegaScript()
         self.reported: list[str] = []
 
-    def generate(self, values=None, kind="sd1", extension=True, extensions=(), **p_kwargs):
-        """Latents of one txt2img run. values=None runs the WebUI without the extension
-        (no script and none of its callbacks). `extensions`: stand-ins of other
-        extensions' scripts (tests/webui_stub/extensions), run before ours."""
+    def generate(self, values=None, kind="sd1", extension=True, img2img=False, other_scripts=(), extensions=(),
+                 **p_kwargs):
+        """Latents of one txt2img (or img2img) run. values=None runs the WebUI without the
+        extension (no script and none of its callbacks). other_scripts: [(script, args)] that
+        run before ours; `extensions`: stand-ins of other extensions' scripts without args
+        (tests/webui_stub/extensions), run before ours too."""
         w = self.w
         w.shared.sd_model = model(kind)
         w.shared.state.reset()
         p_kwargs.setdefault("prompt", "a photo of a face")
         p_kwargs.setdefault("steps", 6)
-        runner = None
-        scripts = [(e, 0) for e in extensions] + ([(self.script, len(FIELDS))] if values is not None else [])
-        if scripts:
-            runner = w.scripts.ScriptRunner(scripts)
-        p = w.processing.StableDiffusionProcessingTxt2Img(
-            script_args=[None] + list(values or []), scripts=runner, **p_kwargs
-        )
+        entries = [(e, 0) for e in extensions] + [(s, len(a)) for s, a in other_scripts]
+        args = [a for _, script_args in other_scripts for a in script_args]
+        if values is not None:
+            entries.append((self.script, len(FIELDS)))
+            args += list(values)
+        runner = w.scripts.ScriptRunner(entries) if entries else None
+        if img2img:
+            p_kwargs.setdefault("init_images", init_latent(p_kwargs.get("width", 64), p_kwargs.get("height", 64)))
+            cls = w.processing.StableDiffusionProcessingImg2Img
+        else:
+            cls = w.processing.StableDiffusionProcessingTxt2Img
+        p = cls(script_args=[None] + args, scripts=runner, **p_kwargs)
         before = len(w.script_callbacks.reported)
         with (contextlib.nullcontext() if values is not None else self.without_extension()):
             result = w.processing.process_images(p)
@@ -75,10 +82,10 @@ class Host:
                 callbacks[k][:] = v
 
     @contextlib.contextmanager
-    def callback(self, kind: str, fn):
-        """Register a test callback after ours for the duration of the block."""
+    def callback(self, kind: str, fn, first: bool = False):
+        """Register a test callback after ours (or before every other one) for the block."""
         lst = self.w.script_callbacks.callbacks[kind]
-        lst.append(fn)
+        lst.insert(0 if first else len(lst), fn)
         try:
             yield
         finally:
@@ -100,12 +107,21 @@ def other_extension(folder: str, file: str):
     return sys.modules[name]
 
 
+def init_latent(width=64, height=64, images=1, seed=1234):
+    """A fixed "photo" for img2img: a latent with some structure, not plain noise."""
+    g = torch.Generator().manual_seed(seed)
+    h, w = height // 8, width // 8
+    ramp = torch.linspace(-1, 1, w).view(1, 1, 1, w) * torch.linspace(1, -1, h).view(1, 1, h, 1)
+    return ramp.repeat(images, 4, 1, 1) + 0.3 * torch.randn(images, 4, h, w, generator=g)
+
+
 def sampler_frame_step():
     """The loop index `i` of the sampler function that is calling the model right now."""
     frame = sys._getframe(1)
     while frame is not None:
         code = frame.f_code
-        if "i" in frame.f_locals and (code.co_name.startswith("sample_") or code.co_name in ("ddim", "plms", "_restart_like", "dpm_solve_fast")):
+        if "i" in frame.f_locals and (code.co_name.startswith("sample_") or code.co_name in (
+                "ddim", "plms", "_restart_like", "dpm_solve_fast", "evaluate")):
             return frame.f_locals["i"]
         frame = frame.f_back
     return None

@@ -30,6 +30,12 @@ def make_app(install_after_start: bool):
         reached.append(body)
         return {"images": [], "parameters": body}
 
+    @app.post("/sdapi/v1/img2img")
+    async def img2img(request: fastapi.Request):
+        body = await request.json()
+        reached.append(body)
+        return {"images": [], "parameters": body}
+
     @app.post("/sdapi/v1/other")
     async def other(request: fastapi.Request):
         reached.append("other")
@@ -50,12 +56,16 @@ def client(request):
     return make_app(request.param)
 
 
-def post(client, sega=None, **extra):
-    body = {"prompt": "a face", "steps": 20, **extra}
+PATHS = ["/sdapi/v1/txt2img", "/sdapi/v1/img2img"]
+IMG2IMG = {"init_images": ["iVBORw0KGgo="], "mask": "iVBORw0KGgo=", "denoising_strength": 0.75}
+
+
+def post(client, sega=None, path=PATHS[0], **extra):
+    body = {"prompt": "a face", "steps": 20, **(IMG2IMG if path.endswith("/img2img") else {})}
+    body.update(extra)
     if sega is not None:
         body["alwayson_scripts"] = {"sega": sega}
-    return client.post("/sdapi/v1/txt2img", content=json.dumps(body, allow_nan=True),
-                        headers={"content-type": "application/json"})
+    return client.post(path, content=json.dumps(body, allow_nan=True), headers={"content-type": "application/json"})
 
 
 VALID = [
@@ -71,13 +81,15 @@ VALID = [
 ]
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("sega", VALID)
-def test_valid_requests_reach_the_route_with_their_body(client, sega):
+def test_valid_requests_reach_the_route_with_their_body(client, sega, path):
     c, reached = client
     reached.clear()
-    r = post(c, sega)
+    r = post(c, sega, path)
     assert r.status_code == 200
     assert reached and reached[-1]["alwayson_scripts"]["sega"] == sega
+    assert ("init_images" in reached[-1]) == path.endswith("/img2img")
 
 
 def test_other_scripts_and_routes_are_untouched(client):
@@ -136,11 +148,12 @@ def test_the_invalid_corpus_is_large_enough():
     assert len(INVALID) >= 30
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("sega, field, problem", INVALID, ids=[f"{i:02d}-{c[1]}" for i, c in enumerate(INVALID)])
-def test_invalid_requests_are_refused_before_sampling(client, sega, field, problem):
+def test_invalid_requests_are_refused_before_sampling(client, sega, field, problem, path):
     c, reached = client
     reached.clear()
-    r = post(c, sega)
+    r = post(c, sega, path)
     assert r.status_code == 422
     body = r.json()
     assert body["field"] == field and body["problem"] == problem
@@ -148,13 +161,14 @@ def test_invalid_requests_are_refused_before_sampling(client, sega, field, probl
     assert reached == []
 
 
-def test_invalid_infotext_is_refused(client):
+@pytest.mark.parametrize("path", PATHS)
+def test_invalid_infotext_is_refused(client, path):
     c, reached = client
     reached.clear()
     info = 'a face\nSteps: 20, Sampler: Euler, SEGA concepts: "smile, grin", SEGA threshold: 7'
-    r = post(c, None, infotext=info)
+    r = post(c, None, path, infotext=info)
     assert r.status_code == 422 and r.json()["field"] == "threshold" and reached == []
-    ok = post(c, None, infotext='a face\nSteps: 20, Sampler: Euler, SEGA concepts: "smile, grin", SEGA threshold: 0.9')
+    ok = post(c, None, path, infotext='a face\nSteps: 20, Sampler: Euler, SEGA concepts: "smile, grin", SEGA threshold: 0.9')
     assert ok.status_code == 200
 
 

@@ -24,6 +24,37 @@ def test_threshold_is_per_image_and_channel():
     assert torch.equal(out[0, 0, 0], psi[0, 0, 0])
 
 
+def test_region_thresholds_count_only_the_region():
+    g = torch.Generator().manual_seed(1)
+    psi = torch.randn(2, 2, 4, 8, 8, generator=g)
+    region = torch.zeros(4, 8, 8, dtype=torch.bool)
+    region[:, 1:4, 2:7] = True  # 15 of 64 entries per channel
+    thresholds = torch.tensor([0.8, 0.95])
+    out = threshold_guidance(psi, thresholds, region)
+    assert torch.equal(out[..., ~region[0]], torch.zeros_like(out[..., ~region[0]]))
+    for k in range(2):
+        for b in range(2):
+            for c in range(4):
+                inside = psi[k, b, c][region[c]]
+                q = torch.quantile(inside.abs(), float(thresholds[k]))
+                expected = torch.where(inside.abs() >= q, inside, torch.zeros_like(inside))
+                assert torch.equal(out[k, b, c][region[c]], expected)
+    assert torch.equal(threshold_guidance(psi, thresholds, torch.ones(4, 8, 8, dtype=torch.bool)),
+                       threshold_guidance(psi, thresholds))
+
+
+def test_step_with_a_region_is_zero_outside_and_keeps_momentum_there_at_zero():
+    uncond, concepts = _eps(1)
+    region = torch.zeros(1, 1, 8, 8, dtype=torch.bool)
+    region[..., :4] = True
+    guidance = SegaGuidance([ConceptGuidance(warmup=0)], momentum_scale=0.5)
+    for step in range(3):
+        term = guidance.step(step, uncond, concepts, region)
+        assert torch.equal(term[..., 4:], torch.zeros_like(term[..., 4:]))
+        assert term[..., :4].abs().max() > 0
+    assert torch.equal(guidance.momentum[..., 4:], torch.zeros_like(guidance.momentum[..., 4:]))
+
+
 def _eps(n, b=2, seed=0, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(b, 4, 8, 8, generator=g).to(dtype), torch.randn(n, b, 4, 8, 8, generator=g).to(dtype)

@@ -185,7 +185,7 @@ def test_plain_cfg_matches_reference_without_concepts(parts):
 def test_whole_latent_threshold_is_caught(parts, monkeypatch):
     """The parity test is sharp enough to catch a threshold taken over the whole latent."""
 
-    def whole_latent(psi, thresholds):
+    def whole_latent(psi, thresholds, region=None):
         k = psi.shape[0]
         flat = psi.reshape(k, -1)
         q = torch.stack([torch.quantile(flat[i].abs(), float(thresholds[i])) for i in range(k)])

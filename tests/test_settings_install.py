@@ -23,20 +23,20 @@ def host():
 
 def test_settings_section_and_defaults(host):
     shared = host.w.shared
-    host.w.host.on_ui_settings()
+    host.w.registration.on_ui_settings()
     labels = shared.opts.data_labels
     assert labels["sega_max_concepts"].section == ("sega", "SEGA")
     assert labels["sega_default_threshold"].label == "Default threshold (λ)"
-    assert host.w.host.ui_defaults()["threshold"] == 0.95
+    assert host.w.registration.ui_defaults()["threshold"] == 0.95
     shared.opts.sega_default_threshold = 0.9
     shared.opts.sega_default_warmup = "3"
     shared.opts.sega_default_scale = "not a number"  # a broken saved value falls back
-    defaults = host.w.host.ui_defaults()
+    defaults = host.w.registration.ui_defaults()
     assert defaults["threshold"] == 0.9 and str(defaults["warmup"]) == "3" and "scale" not in defaults
 
 
 def test_concept_limit_setting(host):
-    host.w.host.on_ui_settings()
+    host.w.registration.on_ui_settings()
     host.w.shared.opts.sega_max_concepts = 2
     result = host.generate(sega_values("a\nb\nc"))
     assert list(result.comments) == [

@@ -100,3 +100,26 @@ def test_paste_restores_every_field_and_turns_sega_off_without_it(built):
     off = {c.elem_id: fn({"Steps": "20"}) for c, fn in infotext_fields}
     assert off["sega_txt2img_enabled"] is False
     assert all(v is None for k, v in off.items() if k != "sega_txt2img_enabled")
+
+
+def test_img2img_accordion_is_the_same_with_its_own_ids():
+    with gr.Blocks() as demo:
+        components, infotext_fields, paste_names = ui.build("img2img", {"scale": 6.5})
+    assert [c.elem_id for c in components] == [f"sega_img2img_{f.name}" for f in FIELDS]
+    assert components[2].value == 6.5
+    ids = {getattr(b, "elem_id", None) for b in demo.blocks.values()}
+    assert {"sega_img2img", "sega_img2img_preview", "sega_img2img_tooltips"} <= ids
+    assert not any(i and i.startswith("sega_txt2img") for i in ids)
+    holder = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "sega_img2img_tooltips")
+    assert 'data-tab="img2img"' in holder.value
+    pasted = {c.elem_id: fn({"SEGA concepts": "smile", "SEGA scale": "7"}) for c, fn in infotext_fields}
+    assert pasted["sega_img2img_enabled"] is True and pasted["sega_img2img_scale"] == "7"
+    assert set(paste_names) == {f.infotext for f in FIELDS if f.infotext}
+
+
+def test_the_script_shows_in_both_tabs():
+    import webui
+
+    w = webui.load()
+    script = w.script_module.SegaScript()
+    assert script.show(False) is w.scripts.AlwaysVisible and script.show(True) is w.scripts.AlwaysVisible

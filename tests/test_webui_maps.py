@@ -182,8 +182,10 @@ def test_maps_are_saved_only_when_the_setting_says_so(host):
 
 
 def test_settings_option_is_registered(host):
+    from sega_webui import registration
+
     opts = host.w.shared.opts
-    webui_maps.on_ui_settings(("sega", "SEGA"))
+    registration.add_settings()
     info = opts.data_labels["sega_save_maps"]
     assert info.default is False and info.section == ("sega", "SEGA")
 

@@ -117,12 +117,13 @@ def test_axes_are_registered_once_with_the_webui_xyz_module(host):
     script_class = type("Script", (), {"__module__": "xyz_grid.py"})
     data = types.SimpleNamespace(script_class=script_class, module=module)
     scripts = host.w.scripts
-    scripts.scripts_data = [data]
+    saved = list(scripts.scripts_data)
+    scripts.scripts_data[:] = [data]
     try:
-        host.w.host.on_before_ui()
-        host.w.host.on_before_ui()
+        host.w.registration.on_before_ui()
+        host.w.registration.on_before_ui()
     finally:
-        del scripts.scripts_data
+        scripts.scripts_data[:] = saved
     labels = [a.label for a in module.axis_options]
     assert len(labels) == len(set(labels))
     assert "[SEGA] Threshold" in labels and "[SEGA] Concept 8 weight" in labels

@@ -35,13 +35,13 @@ def text_encoder(seed: int = 0, hidden: int = 32):
     return CLIPTextModel(config).eval()
 
 
-def unet(seed: int = 0, sample_size: int = 16, cross_attention_dim: int = 32, **extra):
+def unet(seed: int = 0, sample_size: int = 16, cross_attention_dim: int = 32, in_channels: int = 4, **extra):
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(seed)
     return UNet2DConditionModel(
         sample_size=sample_size,
-        in_channels=4,
+        in_channels=in_channels,
         out_channels=4,
         block_out_channels=(32, 64),
         layers_per_block=1,
@@ -87,8 +87,9 @@ class TinyLDM(torch.nn.Module):
     """A random-weight model with the face the WebUI's samplers see on `shared.sd_model`:
     `apply_model`, `alphas_cumprod`, `get_learned_conditioning` (75-token chunks, BREAK,
     every prompt of a batch padded to the same chunk count), `cond_stage_model_empty_prompt`.
-    kind: "sd1" (tensor conds), "sdxl" (dict conds with a size-dependent `vector`) or "v"
-    (v-prediction)."""
+    kind: "sd1" (tensor conds), "sdxl" (dict conds with a size-dependent `vector`), "v"
+    (v-prediction) or "inpaint" (an inpainting checkpoint: 9 UNet input channels, the latent
+    followed by `image_cond` = mask and masked image, conditioning_key "hybrid")."""
 
     VECTOR = 8
 
@@ -103,13 +104,15 @@ class TinyLDM(torch.nn.Module):
         extra = {}
         if kind == "sdxl":
             extra = dict(class_embed_type="projection", projection_class_embeddings_input_dim=self.VECTOR)
+        if kind == "inpaint":
+            extra = dict(in_channels=9)
         self.unet = unet_model if unet_model is not None else unet(seed=seed + 2, sample_size=8, **extra)
         self.parameterization = "v" if kind == "v" else "eps"
         # The same float32 arithmetic as diffusers' "scaled_linear" schedule.
         betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float32) ** 2
         self.register_buffer("alphas_cumprod", torch.cumprod(1.0 - betas, dim=0))
         self.cond_stage_key = "txt"
-        self.model = SimpleNamespace(conditioning_key="crossattn")
+        self.model = SimpleNamespace(conditioning_key="hybrid" if kind == "inpaint" else "crossattn")
         self.is_sdxl = kind == "sdxl"
         with torch.no_grad():
             self.register_buffer("cond_stage_model_empty_prompt", self._encode_chunks([[[]]]))
@@ -148,6 +151,8 @@ class TinyLDM(torch.nn.Module):
             context, vector = cond["crossattn"], cond["vector"]
         if t.dim() == 0:
             t = t.expand(x.shape[0])
+        if self.model.conditioning_key == "hybrid":
+            x = torch.cat([x, cond["c_concat"][0].to(x.dtype)], dim=1)
         dtype = self.unet.dtype  # the WebUI runs the UNet in its own dtype (fp16 on GPUs)
         if vector is not None:
             vector = vector.to(dtype)

@@ -53,8 +53,10 @@ def load():
     from modules import processing, script_callbacks, scripts, shared
 
     import sega_webui.host as host
+    import sega_webui.registration as registration
 
     return types.SimpleNamespace(
+        registration=registration,
         processing=processing,
         shared=shared,
         scripts=scripts,

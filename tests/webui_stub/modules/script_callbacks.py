@@ -1,5 +1,5 @@
-"""The CFG callbacks of modules/script_callbacks.py: params objects and runners that
-report and swallow a callback's exception, as the host does."""
+"""modules/script_callbacks.py: the CFG callbacks' params objects, the start-up callbacks, and
+runners that report and swallow a callback's exception, as the host does."""
 
 import dataclasses
 import inspect
@@ -80,6 +80,18 @@ def cfg_denoised_callback(params):
 
 def cfg_after_cfg_callback(params):
     _run("cfg_after_cfg", params)
+
+
+def ui_settings_callback():
+    _run("ui_settings")
+
+
+def before_ui_callback():
+    _run("before_ui")
+
+
+def app_started_callback(demo, app):
+    _run("app_started", demo, app)
 
 
 def _registrar(kind):

@@ -1,5 +1,6 @@
 """modules/sd_samplers_cfg_denoiser.py: CFGDenoiser.forward with the host's row layout,
-callback order and read-back, skip-uncond, padding and chunked evaluation."""
+callback order and read-back, skip-uncond, padding and chunked evaluation, and the img2img
+mask blend (before the model call or after CFG, with the scripts' on_mask_blend)."""
 
 import torch
 
@@ -12,6 +13,7 @@ from modules.script_callbacks import (
     cfg_denoised_callback,
     cfg_denoiser_callback,
 )
+from modules.scripts import MaskBlendArgs
 from modules.shared import state
 
 
@@ -47,6 +49,12 @@ class CFGDenoiser(torch.nn.Module):
         self.cond_scale_miltiplier = 1.0
         self.need_last_noise_uncond = False
         self.last_noise_uncond = None
+        self.mask = None
+        self.nmask = None
+        self.init_latent = None
+        # Where the original latents are blended in: into the input x (True), or into the
+        # guided result before the after-CFG callbacks run (False, the k-diffusion default).
+        self.mask_before_denoising = False
 
     @property
     def inner_model(self):
@@ -102,6 +110,18 @@ class CFGDenoiser(torch.nn.Module):
         )
         conds_list, tensor = prompt_parser.reconstruct_multicond_batch(cond, self.step)
         uncond = prompt_parser.reconstruct_cond_batch(uncond, self.step)
+
+        def apply_blend(current_latent):
+            blended_latent = current_latent * self.nmask + self.init_latent * self.mask
+            if self.p.scripts is not None:
+                mba = MaskBlendArgs(current_latent, self.nmask, self.init_latent, self.mask, blended_latent,
+                                    denoiser=self, sigma=sigma)
+                self.p.scripts.on_mask_blend(self.p, mba)
+                blended_latent = mba.blended_latent
+            return blended_latent
+
+        if self.mask_before_denoising and self.mask is not None:
+            x = apply_blend(x)
 
         batch_size = len(conds_list)
         repeats = [len(conds_list[i]) for i in range(batch_size)]
@@ -197,6 +217,9 @@ class CFGDenoiser(torch.nn.Module):
             denoised = self.combine_denoised(x_out, conds_list, uncond, 1.0)
         else:
             denoised = self.combine_denoised(x_out, conds_list, uncond, cond_scale * self.cond_scale_miltiplier)
+
+        if not self.mask_before_denoising and self.mask is not None:
+            denoised = apply_blend(denoised)
 
         self.sampler.last_latent = self.get_pred_x0(
             torch.cat([x_in[i:i + 1] for i in denoised_image_indexes]),

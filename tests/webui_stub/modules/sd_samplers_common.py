@@ -82,6 +82,8 @@ class Sampler:
     def initialize(self, p):
         self.p = p
         self.model_wrap_cfg.p = p
+        self.model_wrap_cfg.mask = getattr(p, "mask", None)
+        self.model_wrap_cfg.nmask = getattr(p, "nmask", None)
         self.model_wrap_cfg.step = 0
         self.model_wrap_cfg.image_cfg_scale = getattr(p, "image_cfg_scale", None)
         self.eta = 0.0

@@ -74,14 +74,15 @@ class KDiffusionSampler(sd_samplers_common.Sampler):
             sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
         return sigmas
 
-    def _kwargs(self, sigmas, steps):
+    def _kwargs(self, sigmas, steps, img2img=False):
         params = inspect.signature(self.func).parameters
         kw = {}
         if "sigmas" in params:
             kw["sigmas"] = sigmas
         if "sigma_min" in params:
-            kw["sigma_min"] = float(self.model_wrap.sigmas[0])
-            kw["sigma_max"] = float(self.model_wrap.sigmas[-1])
+            # img2img: the tail of the schedule, its last non-zero sigma as the minimum.
+            kw["sigma_min"] = float(sigmas[-2]) if img2img else float(self.model_wrap.sigmas[0])
+            kw["sigma_max"] = float(sigmas[0]) if img2img else float(self.model_wrap.sigmas[-1])
         if "n" in params:
             kw["n"] = steps
         return kw
@@ -115,7 +116,8 @@ class KDiffusionSampler(sd_samplers_common.Sampler):
         sigma_sched = sigmas[steps - t_enc - 1:]
         xi = x + noise * sigma_sched[0]
         self.initialize(p)
-        kw = self._kwargs(sigma_sched, t_enc + 1)
+        kw = self._kwargs(sigma_sched, t_enc + 1, img2img=True)
+        self.model_wrap_cfg.init_latent = x
         self._extra_args(p, conditioning, unconditional_conditioning, image_conditioning)
         self.last_latent = x
         return self.launch_sampling(

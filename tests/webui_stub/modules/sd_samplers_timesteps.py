@@ -1,5 +1,9 @@
-"""modules/sd_samplers_timesteps.py: DDIM and PLMS, whose denoiser returns ε."""
+"""modules/sd_samplers_timesteps.py: DDIM, PLMS and UniPC, whose denoiser returns ε."""
 
+import inspect
+import math
+
+import numpy as np
 import torch
 
 from modules import sd_samplers_cfg_denoiser, sd_samplers_common, shared
@@ -57,7 +61,60 @@ def plms(model, x, timesteps, extra_args=None, callback=None, disable=None):
     return x
 
 
-samplers_timesteps = [("DDIM", ddim, {}), ("PLMS", plms, {})]
+def _unipc_schedule(acp):
+    """The discrete VP schedule as continuous time t ∈ (0, 1]: log α(t) interpolated over
+    t = (i + 1) / 1000, with σ(t) = √(1 − α²) and λ(t) = log(α / σ)."""
+    t_grid = torch.linspace(0.0, 1.0, len(acp) + 1, dtype=torch.float64)[1:]
+    log_alpha = 0.5 * torch.log(acp.double())
+
+    def coefficients(t):
+        la = torch.tensor(np.interp(t, t_grid.numpy(), log_alpha.numpy()), dtype=torch.float64)
+        alpha = torch.exp(la)
+        sigma = torch.sqrt(1 - alpha ** 2)
+        return alpha.item(), sigma.item(), (la - torch.log(sigma)).item()
+
+    return coefficients
+
+
+@torch.no_grad()
+def unipc(model, x, timesteps, extra_args=None, callback=None, disable=None, is_img2img=False):
+    """UniPC in data-prediction form, first-order predictor and corrector (variant bh1), with
+    the call pattern of the WebUI's multistep UniPC: `len(timesteps)` steps over a uniform
+    time grid, one model call per step at the time point the step starts from (the
+    corrector's call at point k is also step k's start), none at the end; the step callback
+    comes after each step's corrector call, with i counting from 0."""
+    extra_args = extra_args or {}
+    acp = model.inner_model.inner_model.alphas_cumprod
+    coefficients = _unipc_schedule(acp)
+    n = len(timesteps)
+    total = len(acp)
+    t_start = timesteps[-1].item() / total + 1 / total if is_img2img else 1.0
+    times = torch.linspace(t_start, 1 / total, n + 1, dtype=torch.float64).tolist()
+    ones = x.new_ones(x.shape[0])
+
+    def evaluate(x, i):  # data prediction at time point i (the start of step i)
+        alpha, sigma, _ = coefficients(times[i])
+        eps = model(x, (times[i] - 1 / total) * total * ones, **extra_args)
+        return (x - sigma * eps) / alpha
+
+    x0_prev = evaluate(x, 0)
+    for k in range(1, n + 1):
+        _, sigma_s, lambda_s = coefficients(times[k - 1])
+        alpha_t, sigma_t, lambda_t = coefficients(times[k])
+        hh = -(lambda_t - lambda_s)
+        predicted = sigma_t / sigma_s * x - alpha_t * math.expm1(hh) * x0_prev
+        if k < n:
+            x0 = evaluate(predicted, k)
+            x = predicted - alpha_t * hh * 0.5 * (x0 - x0_prev)
+            x0_prev = x0
+        else:
+            x = predicted
+        if callback is not None:
+            callback({"x": x, "i": k - 1, "sigma": 0, "sigma_hat": 0, "denoised": x0_prev})
+    return x
+
+
+samplers_timesteps = [("DDIM", ddim, {}), ("PLMS", plms, {}), ("UniPC", unipc, {})]
 
 
 class CompVisTimestepsDenoiser(torch.nn.Module):
@@ -77,6 +134,10 @@ class CompVisTimestepsVDenoiser(CompVisTimestepsDenoiser):
 
 
 class CFGDenoiserTimesteps(sd_samplers_cfg_denoiser.CFGDenoiser):
+    def __init__(self, sampler):
+        super().__init__(sampler)
+        self.mask_before_denoising = True
+
     def get_pred_x0(self, x_in, x_out, sigma):
         return x_out
 
@@ -120,10 +181,14 @@ class CompVisSampler(sd_samplers_common.Sampler):
         acp = shared.sd_model.alphas_cumprod
         xi = x * acp[timesteps[t_enc]].sqrt() + noise * (1 - acp[timesteps[t_enc]]).sqrt()
         self.initialize(p)
+        kw = {"timesteps": sched}
+        if "is_img2img" in inspect.signature(self.func).parameters:
+            kw["is_img2img"] = True
+        self.model_wrap_cfg.init_latent = x
         self._extra_args(p, conditioning, unconditional_conditioning, image_conditioning)
         self.last_latent = x
         return self.launch_sampling(
             t_enc + 1,
             lambda: self.func(self.model_wrap_cfg, xi, extra_args=self.sampler_extra_args, disable=True,
-                              callback=self.callback_state, timesteps=sched),
+                              callback=self.callback_state, **kw),
         )

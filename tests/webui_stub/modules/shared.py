@@ -17,7 +17,6 @@ class Options:
         "pad_cond_uncond": False,
         "pad_cond_uncond_v0": False,
         "batch_cond_uncond": True,
-        "sega_max_concepts": 8,
         "img2img_fix_steps": False,
         "use_old_scheduling": False,
         "return_grid": True,
