@@ -82,6 +82,19 @@ class Host:
                 callbacks[k][:] = v
 
     @contextlib.contextmanager
+    def guided_steps(self):
+        """The sampler steps (0-based, in call order) in which SEGA's term was non-zero."""
+        steps = []
+
+        def spy(params):
+            record = self.w.host._current.record
+            if record is not None and record.term is not None and record.term.abs().max() > 0:
+                steps.append(record.step)
+
+        with self.callback("cfg_denoised", spy):
+            yield steps
+
+    @contextlib.contextmanager
     def callback(self, kind: str, fn, first: bool = False):
         """Register a test callback after ours (or before every other one) for the block."""
         lst = self.w.script_callbacks.callbacks[kind]

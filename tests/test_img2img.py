@@ -121,14 +121,7 @@ def test_warmup_at_the_last_real_step_acts_and_past_it_does_not(host, sampler):
     baseline = host.generate(None, **kwargs).images
     past = host.generate(sega_values(warmup=str(n), momentum_scale=0.0), **kwargs).images
     assert torch.equal(past, baseline)
-    guided = []
-
-    def spy(params):
-        record = host.w.host._current.record
-        if record is not None and record.term is not None and record.term.abs().max() > 0:
-            guided.append(record.step)
-
-    with host.callback("cfg_denoised", spy):
+    with host.guided_steps() as guided:
         last = host.generate(sega_values(warmup=str(n - 1), momentum_scale=0.0), **kwargs).images
     assert host.reported == []
     assert not torch.equal(last, baseline)
@@ -161,14 +154,7 @@ def test_batch_count_reuses_the_sampler_and_counts_each_batch(host):
 @pytest.mark.parametrize("sampler, first", [("Euler", 4), ("DDIM", 3), ("UniPC", 4)])
 def test_percentages_are_shares_of_the_real_steps(host, sampler, first):
     # 0.75 of 10 steps: Euler runs 8 (50% → 4), DDIM 6 (→ 3), UniPC 7 (3.5 rounds up → 4).
-    guided = []
-
-    def spy(params):
-        record = host.w.host._current.record
-        if record is not None and record.term is not None and record.term.abs().max() > 0:
-            guided.append(record.step)
-
-    with host.callback("cfg_denoised", spy):
+    with host.guided_steps() as guided:
         host.generate(sega_values(warmup="50%", momentum_scale=0.0), img2img=True, sampler_name=sampler,
                       steps=STEPS, denoising_strength=0.75)
     assert min(guided) == first

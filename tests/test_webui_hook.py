@@ -55,14 +55,7 @@ def test_warmup_starts_at_the_asked_step(host, sampler):
     late = host.generate(sega_values(warmup=str(n), momentum_scale=0.0), sampler_name=sampler).images
     assert torch.equal(late, baseline)
 
-    guided = []
-
-    def spy(params):
-        record = host.w.host._current.record
-        if record is not None and record.term is not None and record.term.abs().max() > 0:
-            guided.append(record.step)
-
-    with host.callback("cfg_denoised", spy):
+    with host.guided_steps() as guided:
         last = host.generate(sega_values(warmup=str(n - 1), momentum_scale=0.0), sampler_name=sampler).images
     assert not torch.equal(last, baseline)
     assert min(guided) == n - 1
