@@ -57,8 +57,9 @@ def abs_quantile(values: torch.Tensor, q: torch.Tensor, region: torch.Tensor | N
     below = ranks.long()
     weight = ranks - below
     above = ranks.ceil().long()
-    low = ordered.gather(-1, (below + skipped).unsqueeze(-1)).squeeze(-1)
-    high = ordered.gather(-1, (above + skipped).unsqueeze(-1)).squeeze(-1)
+    last = ordered.shape[-1] - 1  # an empty region (nothing repainted) must not index past the end
+    low = ordered.gather(-1, (below + skipped).clamp(max=last).unsqueeze(-1)).squeeze(-1)
+    high = ordered.gather(-1, (above + skipped).clamp(max=last).unsqueeze(-1)).squeeze(-1)
     return low.lerp(high, weight)
 
 

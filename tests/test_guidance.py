@@ -161,3 +161,16 @@ def test_repeating_a_step_does_not_advance_momentum_twice():
 
     for a, b in zip(run(False), run(True), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_an_empty_region_gives_no_term_and_no_error():
+    from sega.guidance import ConceptGuidance, SegaGuidance
+
+    g = SegaGuidance([ConceptGuidance(scale=5.0, threshold=0.9)], momentum_scale=0.0)
+    uncond = torch.randn(2, 4, 8, 8)
+    concepts = torch.randn(1, 2, 4, 8, 8)
+    region = torch.zeros(2, 1, 8, 8, dtype=torch.bool)
+    region[1, :, 2:4, 2:4] = True  # image 0 repaints nothing, image 1 a little
+    term = g.step(0, uncond, concepts, region)
+    assert torch.equal(term[0], torch.zeros_like(term[0]))
+    assert term[1].abs().sum() > 0 and torch.equal(term[1][:, ~region[1, 0]], torch.zeros_like(term[1][:, ~region[1, 0]]))
