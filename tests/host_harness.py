@@ -105,6 +105,22 @@ class Host:
             lst.remove(fn)
 
 
+def fail_engine_step_at(monkeypatch, call: int, message: str = "boom") -> None:
+    """Make the guidance engine's `call`-th step (1-based, counted over the test) raise."""
+    from sega.guidance import SegaGuidance
+
+    real_step = SegaGuidance.step
+    calls = {"n": 0}
+
+    def failing(self, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise RuntimeError(message)
+        return real_step(self, *a, **kw)
+
+    monkeypatch.setattr(SegaGuidance, "step", failing)
+
+
 def other_extension(folder: str, file: str):
     """A module of tests/webui_stub/extensions/<folder>/scripts/, loaded from its path like
     the WebUI loads an extension's scripts (its functions then live in that folder)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from host_harness import Host, sampler_frame_step, sega_values
+from host_harness import Host, fail_engine_step_at, sampler_frame_step, sega_values
 
 K_SAMPLERS = ["Euler", "Euler a", "DPM++ 2M", "DPM++ SDE", "Heun", "DPM2", "LMS", "Restart"]
 T_SAMPLERS = ["DDIM", "PLMS"]
@@ -225,25 +225,14 @@ def test_interrupt_or_skip_then_normal_generation_is_clean(host, flag):
 
 def test_failure_inside_a_callback_then_normal_generation_is_clean(host, monkeypatch):
     fresh = host.generate(sega_values()).images
-    from sega.guidance import SegaGuidance
-
-    real_step = SegaGuidance.step
-    calls = {"n": 0}
-
-    def failing(self, *a, **kw):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise RuntimeError("boom")
-        return real_step(self, *a, **kw)
-
-    monkeypatch.setattr(SegaGuidance, "step", failing)
+    fail_engine_step_at(monkeypatch, 3)
     broken = host.generate(sega_values())
     assert host.reported == []  # caught by SEGA itself, so that it can tell the user
     assert any("SEGA stopped" in c and "boom" in c for c in broken.comments)
     assert "boom" in broken.extra_generation_params["SEGA stopped"]  # acted in steps 0-1
     assert "SEGA concepts" in broken.extra_generation_params
     assert broken.images is not None and not torch.equal(broken.images, fresh)
-    monkeypatch.setattr(SegaGuidance, "step", real_step)
+    monkeypatch.undo()
     assert torch.equal(host.generate(sega_values()).images, fresh)
 
 
