@@ -38,7 +38,12 @@ class SegaScript(scripts.Script):
             host.decline(p, f"({e.field}): {e.problem}")
             sega_maps.begin_generation(p, None)
             return
-        host.begin_generation(p, sega_args)
+        if sega_args.invert and not hasattr(p, "init_images"):
+            # A txt2img infotext or an old payload may carry it; there is no image to invert.
+            sega_args = sega_args.with_values(invert=False)
+            if sega_args.active:
+                p.comment("SEGA: 'Edit the input image' works in img2img only; ignored here")
+        host.begin_generation(p, sega_args, (self.args_from, self.args_to))
         sega_maps.begin_generation(p, sega_args)
 
     def before_process_batch(self, p, *args, **kwargs):

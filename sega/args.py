@@ -29,10 +29,12 @@ class SegaArgs:
     momentum_beta: float = BY_NAME["momentum_beta"].default
     hires: bool = BY_NAME["hires"].default
     show_maps: bool = BY_NAME["show_maps"].default
+    invert: bool = BY_NAME["invert"].default
 
     @property
     def active(self) -> bool:
-        return self.enabled and bool(self.concepts)
+        # An edit with no concepts still inverts and remakes the photo (asked for, not a no-op).
+        return self.enabled and (bool(self.concepts) or self.invert)
 
     # ---- reading -----------------------------------------------------------------------
 

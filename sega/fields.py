@@ -165,6 +165,11 @@ FIELDS: tuple[Field, ...] = (
     # no image, so it is not written to the infotext.
     Field("show_maps", "bool", False, "Show where concepts act", None,
           help="After the images, a map per image and concept of where SEGA changed the latent."),
+    # img2img only. After show_maps, so that positional args written before it keep theirs.
+    Field("invert", "bool", False, "Edit the input image (inversion)", "SEGA invert",
+          help="img2img: first find the noise with which the sampler remakes this image exactly, so that only "
+               "what the concepts name changes. Needs a sampler that adds noise (Euler a, DPM++ 2M SDE, …); "
+               "works even with no concepts (then it remakes the image)."),
 )
 
 BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS}

@@ -15,12 +15,19 @@ from typing import Any
 from sega.args import SegaArgs
 from sega.errors import SegaInputError
 
-CHECKED_PATHS = ("/sdapi/v1/txt2img", "/sdapi/v1/img2img")
+TXT2IMG_PATH = "/sdapi/v1/txt2img"
+CHECKED_PATHS = (TXT2IMG_PATH, "/sdapi/v1/img2img")
 SCRIPT_KEY = "sega"
 
 
-def check_request(payload: Any, max_concepts: int, parse_infotext: Callable[[str], Mapping[str, str]] | None) -> None:
-    """Raise SegaInputError for invalid SEGA settings in a txt2img or img2img request body."""
+def check_request(
+    payload: Any,
+    max_concepts: int,
+    parse_infotext: Callable[[str], Mapping[str, str]] | None,
+    img2img: bool = True,
+) -> None:
+    """Raise SegaInputError for invalid SEGA settings in a txt2img (`img2img` False) or
+    img2img request body."""
     if not isinstance(payload, Mapping):
         return  # not ours to judge; the WebUI answers malformed bodies itself
     scripts = payload.get("alwayson_scripts")
@@ -33,7 +40,10 @@ def check_request(payload: Any, max_concepts: int, parse_infotext: Callable[[str
             args = entry.get("args", [])
             if not isinstance(args, list):
                 raise SegaInputError("args", "must be a list (positional values, or one object of named settings)")
-            SegaArgs.from_values(args, max_concepts)
+            parsed = SegaArgs.from_values(args, max_concepts)
+            if parsed.invert and parsed.enabled and not img2img:
+                raise SegaInputError("invert", "edits an input image: send it to /sdapi/v1/img2img "
+                                               "(txt2img has no image to invert)")
     infotext = payload.get("infotext")
     if parse_infotext is not None and isinstance(infotext, str) and infotext:
         SegaArgs.from_infotext(parse_infotext(infotext), max_concepts)
@@ -68,7 +78,7 @@ class SegaRequestValidator:
         except ValueError:
             payload = None
         try:
-            check_request(payload, self.max_concepts(), self.parse_infotext)
+            check_request(payload, self.max_concepts(), self.parse_infotext, scope.get("path") != TXT2IMG_PATH)
         except SegaInputError as e:
             await _send_json(send, 422, error_body(e))
             return

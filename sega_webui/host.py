@@ -34,7 +34,7 @@ from sega.args import SegaArgs
 from sega.concepts import network_note
 from sega.errors import SegaInputError
 from sega.guidance import SegaGuidance
-from sega_webui import compat, inpaint, rows
+from sega_webui import compat, edit, inpaint, rows
 from sega_webui.steps import StepClock, real_steps, sampler_family
 
 try:  # timestep samplers (DDIM, PLMS, UniPC) return ε, k-diffusion ones x0
@@ -72,6 +72,8 @@ class SegaPass:
     attention_hooks: list = field(default_factory=list)  # set aside in the separate call
     lead: object = _UNKNOWN
     rows_cache: dict = field(default_factory=dict)
+    edit: edit.EditPlan | None = None  # img2img "Edit the input image" (edit.py)
+    inverting: bool = False  # the edit's inversion is calling the model: SEGA stays out
 
     def __post_init__(self):
         # Longest token count of each concept over its schedule, for padding.
@@ -79,7 +81,8 @@ class SegaPass:
 
     def start(self, steps: int) -> None:
         self.steps = steps
-        self.guidance = self.args.guidance(steps)
+        # An edit with no concepts only reconstructs the photo: there is nothing to guide.
+        self.guidance = self.args.guidance(steps) if self.schedules else None
 
 
 @dataclass
@@ -92,6 +95,7 @@ class SegaRun:
     # Per batch (`begin_batch`): why SEGA could not act, and whether it changed anything.
     failure: str | None = None
     acted: bool = False
+    script_args_range: tuple | None = None  # SEGA's own positions in p.script_args
 
     def comment(self, p, text: str) -> None:
         if text not in self.comments:
@@ -140,10 +144,10 @@ _current = _Current()
 # ---- generation, batch and pass set-up (called from the script's hooks) ------------------
 
 
-def begin_generation(p, args: SegaArgs | None) -> None:
+def begin_generation(p, args: SegaArgs | None, script_args_range: tuple | None = None) -> None:
     """Forget anything a copied `p` carried and start this generation's run (or none)."""
     _current.record = None
-    run = SegaRun(args) if args is not None and args.active else None
+    run = SegaRun(args, script_args_range=script_args_range) if args is not None and args.active else None
     setattr(p, RUN_ATTR, run)
     if run is None:
         return
@@ -223,7 +227,7 @@ def _begin_pass(p, run: SegaRun) -> None:
         return
     sampler = p.sampler
     try:
-        schedules = concept_conds(p, run, model, hires)
+        schedules = concept_conds(p, run, model, hires) if run.args.concepts else []
     except Exception as e:  # a bad embedding or prompt must not cost the image
         run.fail(p, None, f"the concepts could not be encoded ({type(e).__name__}: {e})", e)
         return
@@ -232,6 +236,7 @@ def _begin_pass(p, run: SegaRun) -> None:
     second_order = bool(getattr(config, "options", {}).get("second_order", False))
     pass_ = SegaPass(run.args, model, sampler, schedules, StepClock(name, second_order))
     pass_.low_vram = bool(getattr(shared.opts, "sega_low_vram", False))
+    pass_.edit = edit.plan(p, run, sampler, hires)
     _hook_sampler(sampler, pass_, name)
     run.current = pass_
 
@@ -286,6 +291,8 @@ def _hook_sampler(sampler, pass_: SegaPass, name: str) -> None:
             pass_.error = f"({e.field}): {e.problem}"
         except Exception as e:  # never cost the sampler its launch
             pass_.error = f"its step count could not be read ({type(e).__name__}: {e})"
+        if pass_.edit is not None:
+            return edit.launch(pass_.edit, pass_, launch, args, kwargs)
         return launch(*args, **kwargs)
 
     def callback_state(d):
@@ -305,7 +312,9 @@ def on_cfg_denoiser(params) -> None:
     p = getattr(denoiser, "p", None)
     run = getattr(p, RUN_ATTR, None)
     pass_ = run.current if run is not None else None
-    if pass_ is None or pass_.stopped or pass_.sampler is not getattr(denoiser, "sampler", None):
+    if pass_ is None or pass_.stopped or pass_.inverting or not pass_.schedules:
+        return
+    if pass_.sampler is not getattr(denoiser, "sampler", None):
         return
     try:
         record, widened = _plan_call(params, run, pass_, p)

@@ -23,7 +23,7 @@ from modules import script_callbacks, shared
 from sega.concepts import DEFAULT_MAX_CONCEPTS
 from sega.errors import SegaInputError
 from sega.fields import FIELDS
-from sega_webui import api, maps, xyz
+from sega_webui import api, edit, maps, xyz
 
 SETTINGS_SECTION = ("sega", "SEGA")
 SETTING_PREFIX = "sega_default_"
@@ -75,6 +75,10 @@ def setting_options() -> dict:
             info = shared.OptionInfo(f.format(f.default), label, gr.Textbox, section=section)
         options[SETTING_PREFIX + f.name] = info
     options[maps.SAVE_OPTION] = maps.save_option(section)
+    options[edit.CACHE_OPTION] = shared.OptionInfo(
+        edit.CACHE_DEFAULT, "Inversions kept for editing the same photo again (each about 1.3 MB per image "
+        "at 512², 20 steps; 0: invert every time)", gr.Slider, {"minimum": 0, "maximum": 32, "step": 1},
+        section=section)
     return options
 
 

@@ -46,6 +46,10 @@ def build(tab: str, defaults: dict[str, Any] | None = None, max_concepts: int = 
             c["hires"] = gr.Checkbox(value=bool(ui_value["hires"]), label=BY_NAME["hires"].label, elem_id=eid("hires"))
             c["show_maps"] = gr.Checkbox(value=bool(ui_value["show_maps"]), label=BY_NAME["show_maps"].label,
                                          elem_id=eid("show_maps"))
+            # There is nothing to invert in txt2img; the component stays (hidden) so that
+            # both tabs take the same positional args.
+            c["invert"] = gr.Checkbox(value=bool(ui_value["invert"]), label=BY_NAME["invert"].label,
+                                      elem_id=eid("invert"), visible=tab == "img2img")
         c["concepts"] = gr.Textbox(value=ui_value["concepts"], label=BY_NAME["concepts"].label, lines=3, max_lines=12,
                                    placeholder=PLACEHOLDER, elem_id=eid("concepts"))
         preview = gr.HTML(value=render_preview(ui_value["concepts"], values, max_concepts), elem_id=eid("preview"))
@@ -78,10 +82,10 @@ def build(tab: str, defaults: dict[str, Any] | None = None, max_concepts: int = 
         component.change(fn=live, inputs=live_inputs, outputs=[preview], show_progress=False)
 
     components = [c[f.name] for f in FIELDS]
-    return components, infotext_fields(components), [f.infotext for f in FIELDS if f.infotext]
+    return components, infotext_fields(components, tab), [f.infotext for f in FIELDS if f.infotext]
 
 
-def infotext_fields(components):
+def infotext_fields(components, tab: str = "txt2img"):
     """Paste bindings. A pasted text without SEGA turns SEGA off; one with SEGA sets every
     field, to its built-in default where the text leaves it out (infotext is compact).
     Settings that are never written (showing the maps) are not pasted: they are the
@@ -92,6 +96,9 @@ def infotext_fields(components):
             continue
         if f.name == "enabled":
             out.append((component, lambda d: CONCEPTS_INFOTEXT in d))
+        elif f.name == "invert" and tab != "img2img":
+            # Hidden there: never turned on unseen (None leaves it alone, as for the others).
+            out.append((component, lambda d: False if CONCEPTS_INFOTEXT in d else None))
         else:
             out.append((component, _paste(f)))
     return out

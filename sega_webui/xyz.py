@@ -74,6 +74,7 @@ def axes(axis_option_cls, max_concepts: int) -> list:
         f = BY_NAME[name]
         add(f.label, float if f.kind == "float" else str, name)
     add(BY_NAME["hires"].label, str, "hires", choices=lambda: ["True", "False"])
+    add(BY_NAME["invert"].label, str, "invert", choices=lambda: ["True", "False"])
     for k in range(1, max_concepts + 1):
         for key in CONCEPT_KEYS:
             f = BY_NAME[key]

@@ -125,12 +125,12 @@ INVALID = [
     ({"args": [True, "x :: threshold=7"]}, "concepts", "line 1 (x :: threshold=7): threshold must be between 0 and 1, got 7"),
     ({"args": [True, ":: scale=2"]}, "concepts", "line 1 (:: scale=2): the concept text is empty"),
     ({"args": [True, "\n".join(f"c{i}" for i in range(9))]}, "concepts", "line 9 (c8): too many concepts: the limit is 8 (Settings → SEGA)"),
-    ({"args": [True, "x"] + [None] * 10}, "args", "takes at most 11 positional values, got 12"),
+    ({"args": [True, "x"] + [None] * (len(FIELDS) - 1)}, "args", f"takes at most {len(FIELDS)} positional values, got {len(FIELDS) + 1}"),
     ({"args": [True, "x", 5, 0.9, "5", "", 1, 0.3, 0.5, True, "yes"]}, "show_maps", "must be true or false, got 'yes'"),
     ({"args": "smile"}, "args", "must be a list (positional values, or one object of named settings)"),
     ({"args": {"enabled": True}}, "args", "must be a list (positional values, or one object of named settings)"),
     ("sega", "alwayson_scripts.sega", 'must be an object like {"args": [...]}'),
-    ({"args": [{"enabled": True, "colour": "red"}]}, "colour", "is not a SEGA setting (known: enabled, concepts, scale, threshold, warmup, cooldown, weight, momentum_scale, momentum_beta, hires, show_maps)"),
+    ({"args": [{"enabled": True, "colour": "red"}]}, "colour", f"is not a SEGA setting (known: {', '.join(f.name for f in FIELDS)})"),
     ({"args": [{"momentum": 0.2}]}, "momentum", "is not a SEGA setting — did you mean 'momentum_scale'?"),
     ({"args": [{"concepts": [{"prompt": "a", "scal": 3}]}]}, "concepts[1].scal", "is not a concept setting — did you mean 'scale'?"),
     ({"args": [{"concepts": [{"scale": 3}]}]}, "concepts[1].prompt", "is missing"),
@@ -176,3 +176,21 @@ def test_key_is_case_insensitive_like_the_webui(client):
     c, reached = client
     r = c.post("/sdapi/v1/txt2img", json={"prompt": "x", "alwayson_scripts": {"SEGA": {"args": [True, "x", 99]}}})
     assert r.status_code == 422 and r.json()["field"] == "scale"
+
+
+@pytest.mark.parametrize("sega", [
+    {"args": [{"concepts": "smile", "invert": True}]},
+    {"args": [True, "smile", *UI_DEFAULTS[2:11], True]},
+    {"args": [{"concepts": "", "invert": "true"}]},
+])
+def test_invert_is_refused_on_txt2img_and_taken_on_img2img(client, sega):
+    c, reached = client
+    reached.clear()
+    r = post(c, sega, "/sdapi/v1/txt2img")
+    assert r.status_code == 422 and reached == []
+    assert r.json()["field"] == "invert" and "/sdapi/v1/img2img" in r.json()["problem"]
+    assert post(c, sega, "/sdapi/v1/img2img").status_code == 200 and len(reached) == 1
+    # switched off, the same args are fine on txt2img
+    off = {"args": [{**sega["args"][0], "enabled": False}]} if isinstance(sega["args"][0], dict) else {
+        "args": [False, *sega["args"][1:]]}
+    assert post(c, off, "/sdapi/v1/txt2img").status_code == 200

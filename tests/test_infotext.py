@@ -23,13 +23,19 @@ from modules import infotext_utils  # noqa: E402
 
 with gr.Blocks():
     COMPONENTS, PASTE, _ = ui.build("txt2img")
+with gr.Blocks():
+    COMPONENTS_IMG2IMG, PASTE_IMG2IMG, _ = ui.build("img2img")
 
 
-def paste(params):
+def paste(params, fields=PASTE):
     """What the WebUI's paste does with our infotext_fields (infotext_utils.connect_paste):
-    None leaves a field alone; other values are cast to the component's value type."""
+    None leaves a field alone; other values are cast to the component's value type. A
+    component without a paste binding keeps its value."""
+    components = COMPONENTS if fields is PASTE else COMPONENTS_IMG2IMG
+    bound = {id(c): fn for c, fn in fields}
     values = []
-    for component, fn in PASTE:
+    for component in components:
+        fn = bound.get(id(component), lambda _: None)
         v = fn(params)
         if v is None:
             values.append(component.value)
@@ -39,12 +45,12 @@ def paste(params):
     return values
 
 
-def round_trip(args: SegaArgs) -> SegaArgs:
+def round_trip(args: SegaArgs, fields=PASTE) -> SegaArgs:
     params = {"Steps": 20, "Sampler": "Euler a", "CFG scale": 7, **args.to_infotext()}
     text = infotext_utils.create_infotext("a photo, of a face", "blurry", params)
     parsed = infotext_utils.parse_generation_parameters(text)
     assert parsed["Prompt"] == "a photo, of a face"
-    return SegaArgs.from_values(paste(parsed))
+    return SegaArgs.from_values(paste(parsed, fields))
 
 
 _text = st.text(
@@ -98,3 +104,14 @@ def test_concept_text_with_commas_colons_quotes_and_newlines_survives():
 def test_pasting_a_text_without_sega_turns_it_off():
     parsed = infotext_utils.parse_generation_parameters("a face\nSteps: 20, Sampler: Euler, CFG scale: 7")
     assert SegaArgs.from_values(paste(parsed)).active is False
+
+
+@pytest.mark.parametrize("concepts", ["smile\n-glasses", ""])
+def test_invert_survives_the_round_trip_in_img2img_and_is_not_set_in_txt2img(concepts):
+    args = SegaArgs.from_named({"enabled": True, "concepts": concepts, "invert": True})
+    assert args.active and args.to_infotext()["SEGA invert"] == "True"
+    assert round_trip(args, PASTE_IMG2IMG) == args
+    pasted = round_trip(args)  # txt2img: the hidden option is never turned on
+    assert pasted == args.with_values(invert=False) and pasted.active == bool(concepts)
+    off = args.with_values(invert=False)
+    assert "SEGA invert" not in off.to_infotext()

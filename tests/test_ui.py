@@ -30,7 +30,7 @@ def test_components_follow_the_args_order_with_stable_ids(built):
     demo, components, _, _ = built
     assert [c.elem_id for c in components] == [f"sega_txt2img_{f.name}" for f in FIELDS]
     kinds = [type(c).__name__ for c in components]
-    assert kinds == ["Checkbox", "Textbox", "Slider", "Slider", "Textbox", "Textbox", "Slider", "Slider", "Slider", "Checkbox", "Checkbox"]
+    assert kinds == ["Checkbox", "Textbox", "Slider", "Slider", "Textbox", "Textbox", "Slider", "Slider", "Slider", "Checkbox", "Checkbox", "Checkbox"]
     for c, f in zip(components, FIELDS, strict=True):
         assert c.label and f.label in c.label  # /sdapi/v1/script-info shows these labels
         if f.kind == "float":
@@ -43,7 +43,21 @@ def test_defaults_come_from_settings_or_the_table(built):
     assert values == {
         "enabled": False, "concepts": "", "scale": 6.5, "threshold": 0.95, "warmup": "3", "cooldown": "",
         "weight": 1.0, "momentum_scale": 0.3, "momentum_beta": 0.6, "hires": True, "show_maps": False,
+        "invert": False,
     }
+
+
+def test_invert_is_shown_in_img2img_only_and_pasted_there_only():
+    from sega_webui.ui import CONCEPTS_INFOTEXT
+
+    pasted = {CONCEPTS_INFOTEXT: "smile", "SEGA invert": "True"}
+    for tab, visible in (("txt2img", False), ("img2img", True)):
+        with gr.Blocks():
+            components, fields, _ = ui.build(tab)
+        invert = components[[f.name for f in FIELDS].index("invert")]
+        assert invert.visible is visible and invert.elem_id == f"sega_{tab}_invert"
+        paste = dict((id(c), fn) for c, fn in fields if callable(fn))[id(invert)]
+        assert paste(pasted) is visible
 
 
 def test_accordion_is_collapsed_and_has_a_placeholder(built):

@@ -127,3 +127,27 @@ def test_axes_are_registered_once_with_the_webui_xyz_module(host):
     labels = [a.label for a in module.axis_options]
     assert len(labels) == len(set(labels))
     assert "[SEGA] Threshold" in labels and "[SEGA] Concept 8 weight" in labels
+
+
+def test_invert_axis_edits_the_input_image_per_cell(host, axes):
+    import sega_webui.edit as edit
+
+    axis = axes["[SEGA] Edit the input image (inversion)"]
+    assert axis.choices() == ["True", "False"]
+    w = host.w
+    w.shared.sd_model = __import__("host_harness").model("sd1")
+    init = __import__("host_harness").init_latent()
+    cells = {}
+    for value in ("True", "False"):
+        runner = w.scripts.ScriptRunner([(host.script, len(sega_values()))])
+        p = w.processing.StableDiffusionProcessingImg2Img(
+            prompt="a photo of a face", steps=6, sampler_name="Euler a", init_images=init, denoising_strength=0.5,
+            script_args=[None] + sega_values(concepts="", warmup="0"), scripts=runner)
+        pc = copy.copy(p)
+        axis.apply(pc, value, ["True", "False"])
+        cells[value] = w.processing.process_images(pc)
+    edit.clear_cache()
+    assert (cells["True"].images - init).abs().max() < 1e-4  # remade: the photo
+    assert cells["True"].extra_generation_params["SEGA invert"] == "True"
+    assert (cells["False"].images - init).abs().max() > 1.0  # no run at all without concepts
+    assert "SEGA invert" not in cells["False"].extra_generation_params

@@ -45,6 +45,7 @@ class StableDiffusionProcessing:
         self.script_args = list(script_args)
         self.scripts = scripts
         self.s_min_uncond = s_min_uncond
+        self.eta = None
         self.extra_generation_params = {}
         self.comments = {}
         self.is_hr_pass = False
@@ -285,9 +286,12 @@ def process_images(p):
         p.init()
         p.setup_conds()
         for n in range(p.n_iter):
+            if shared.state.skipped:  # Skip ends one batch; the next one runs
+                shared.state.skipped = False
             if shared.state.interrupted:
                 break
             p.iteration = n
+            p.seeds = p.all_seeds[n * p.batch_size:(n + 1) * p.batch_size]
             if p.scripts is not None:
                 p.scripts.before_process_batch(p, batch_number=n)
                 p.scripts.process_batch(p, batch_number=n)

@@ -1,5 +1,6 @@
 """modules/sd_samplers_common.py: sampler base, step callback and launch bookkeeping."""
 
+import inspect
 from dataclasses import dataclass, field
 
 from modules import shared
@@ -59,6 +60,8 @@ class Sampler:
         self.config = None
         self.last_latent = None
         self.s_min_uncond = None
+        self.s_noise = 1.0
+        self.eta_default = 1.0
         self.model_wrap_cfg = None
         self.sampler_extra_args = None
         self.p = None
@@ -86,6 +89,28 @@ class Sampler:
         self.model_wrap_cfg.nmask = getattr(p, "nmask", None)
         self.model_wrap_cfg.step = 0
         self.model_wrap_cfg.image_cfg_scale = getattr(p, "image_cfg_scale", None)
-        self.eta = 0.0
+        self.eta = p.eta if getattr(p, "eta", None) is not None else opts.eta_ancestral
         self.s_min_uncond = getattr(p, "s_min_uncond", 0.0)
-        return {}
+        # As 1.10.1: the sampler's eta from the setting (or p.eta), s_noise from opts.s_noise
+        # for the samplers that take it, each written to the infotext when not the default.
+        kwargs = {}
+        params = inspect.signature(self.func).parameters
+        if "eta" in params:
+            if self.eta != self.eta_default:
+                p.extra_generation_params["Eta"] = self.eta
+            kwargs["eta"] = self.eta
+        if "s_noise" in self.extra_params and "s_noise" in params and opts.s_noise != self.s_noise:
+            kwargs["s_noise"] = opts.s_noise
+            p.extra_generation_params["Sigma noise"] = opts.s_noise
+        return kwargs
+
+    def create_noise_sampler(self, x, sigmas, p):
+        """The Brownian-tree noise of the SDE samplers, seeded by the batch's seeds so that an
+        image does not depend on the batch it is made in."""
+        if opts.no_dpmpp_sde_batch_determinism:
+            return None
+        from k_diffusion.sampling import BrownianTreeNoiseSampler
+
+        sigma_min, sigma_max = sigmas[sigmas > 0].min(), sigmas.max()
+        seeds = p.all_seeds[p.iteration * p.batch_size:(p.iteration + 1) * p.batch_size]
+        return BrownianTreeNoiseSampler(x, sigma_min, sigma_max, seed=seeds)

@@ -32,6 +32,11 @@ def _restart_like(model, x, sigmas, extra_args=None, callback=None, disable=None
 samplers_k_diffusion = [
     ("DPM++ 2M", "sample_dpmpp_2m", {"scheduler": "karras"}),
     ("DPM++ SDE", "sample_dpmpp_sde", {"scheduler": "karras", "second_order": True, "brownian_noise": True}),
+    ("DPM++ 2M SDE", "sample_dpmpp_2m_sde", {"scheduler": "exponential", "brownian_noise": True}),
+    ("DPM++ 2M SDE Heun", "sample_dpmpp_2m_sde", {"scheduler": "exponential", "brownian_noise": True,
+                                                  "solver_type": "heun"}),
+    ("DPM++ 3M SDE", "sample_dpmpp_3m_sde", {"scheduler": "exponential", "discard_next_to_last_sigma": True,
+                                             "brownian_noise": True}),
     ("Euler a", "sample_euler_ancestral", {"uses_ensd": True}),
     ("Euler", "sample_euler", {}),
     ("LMS", "sample_lms", {}),
@@ -42,6 +47,17 @@ samplers_k_diffusion = [
     ("DPM fast", "sample_dpm_fast", {}),
     ("Restart", _restart_like, {"scheduler": "karras", "second_order": True}),
 ]
+
+# The samplers' optional arguments the WebUI fills from its settings (here: s_noise only).
+sampler_extra_params = {
+    "sample_dpm_fast": ["s_noise"],
+    "sample_dpm_2_ancestral": ["s_noise"],
+    "sample_dpmpp_2s_ancestral": ["s_noise"],
+    "sample_dpmpp_sde": ["s_noise"],
+    "sample_dpmpp_2m_sde": ["s_noise"],
+    "sample_dpmpp_3m_sde": ["s_noise"],
+    "sample_euler_ancestral": [],
+}
 
 
 class CFGDenoiserKDiffusion(sd_samplers_cfg_denoiser.CFGDenoiser):
@@ -56,6 +72,7 @@ class CFGDenoiserKDiffusion(sd_samplers_cfg_denoiser.CFGDenoiser):
 class KDiffusionSampler(sd_samplers_common.Sampler):
     def __init__(self, funcname, sd_model, options=None):
         super().__init__(funcname)
+        self.extra_params = sampler_extra_params.get(funcname, []) if isinstance(funcname, str) else []
         self.options = options or {}
         self.func = funcname if callable(funcname) else getattr(k_diffusion.sampling, funcname)
         self.model_wrap_cfg = CFGDenoiserKDiffusion(self)
@@ -64,19 +81,19 @@ class KDiffusionSampler(sd_samplers_common.Sampler):
     def get_sigmas(self, p, steps):
         discard = self.config is not None and self.config.options.get("discard_next_to_last_sigma", False)
         steps += 1 if discard else 0
-        if self.config.options.get("scheduler") == "karras":
-            sigmas = k_diffusion.sampling.get_sigmas_karras(
-                n=steps, sigma_min=float(self.model_wrap.sigmas[0]), sigma_max=float(self.model_wrap.sigmas[-1])
-            )
+        scheduler = self.config.options.get("scheduler")
+        if scheduler in ("karras", "exponential"):
+            make = k_diffusion.sampling.get_sigmas_karras if scheduler == "karras" else k_diffusion.sampling.get_sigmas_exponential
+            sigmas = make(n=steps, sigma_min=float(self.model_wrap.sigmas[0]), sigma_max=float(self.model_wrap.sigmas[-1]))
         else:
             sigmas = self.model_wrap.get_sigmas(steps)
         if discard:
             sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
         return sigmas
 
-    def _kwargs(self, sigmas, steps, img2img=False):
+    def _kwargs(self, p, x, sigmas, steps, img2img=False, schedule=None):
         params = inspect.signature(self.func).parameters
-        kw = {}
+        kw = self.initialize(p)
         if "sigmas" in params:
             kw["sigmas"] = sigmas
         if "sigma_min" in params:
@@ -85,6 +102,10 @@ class KDiffusionSampler(sd_samplers_common.Sampler):
             kw["sigma_max"] = float(sigmas[0]) if img2img else float(self.model_wrap.sigmas[-1])
         if "n" in params:
             kw["n"] = steps
+        if self.config.options.get("brownian_noise", False):
+            kw["noise_sampler"] = self.create_noise_sampler(x, sigmas if schedule is None else schedule, p)
+        if self.config.options.get("solver_type") == "heun":
+            kw["solver_type"] = "heun"
         return kw
 
     def _extra_args(self, p, conditioning, unconditional_conditioning, image_conditioning):
@@ -100,8 +121,7 @@ class KDiffusionSampler(sd_samplers_common.Sampler):
         steps = steps or p.steps
         sigmas = self.get_sigmas(p, steps)
         x = x * sigmas[0]
-        self.initialize(p)
-        kw = self._kwargs(sigmas, steps)
+        kw = self._kwargs(p, x, sigmas, steps)
         self._extra_args(p, conditioning, unconditional_conditioning, image_conditioning)
         self.last_latent = x
         return self.launch_sampling(
@@ -115,8 +135,7 @@ class KDiffusionSampler(sd_samplers_common.Sampler):
         sigmas = self.get_sigmas(p, steps)
         sigma_sched = sigmas[steps - t_enc - 1:]
         xi = x + noise * sigma_sched[0]
-        self.initialize(p)
-        kw = self._kwargs(sigma_sched, t_enc + 1, img2img=True)
+        kw = self._kwargs(p, x, sigma_sched, t_enc + 1, img2img=True, schedule=sigmas)
         self.model_wrap_cfg.init_latent = x
         self._extra_args(p, conditioning, unconditional_conditioning, image_conditioning)
         self.last_latent = x

@@ -19,6 +19,9 @@ class Options:
         "batch_cond_uncond": True,
         "img2img_fix_steps": False,
         "use_old_scheduling": False,
+        "eta_ancestral": 1.0,
+        "s_noise": 1.0,
+        "no_dpmpp_sde_batch_determinism": False,
         "return_grid": True,
         "samples_save": True,
         "samples_format": "png",
@@ -59,9 +62,13 @@ class State:
         self.skipped = False
         self.sampling_step = 0
         self.sampling_steps = 0
+        self.textinfo = None
 
     def interrupt(self):
         self.interrupted = True
+
+    def skip(self):
+        self.skipped = True
 
 
 opts = Options()

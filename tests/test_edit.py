@@ -1,0 +1,350 @@
+"""Editing the input image (img2img "Edit the input image"): inversion inside the stand-in's
+img2img pass with the real k-diffusion samplers, its cache, progress and interruption."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+import webui
+from host_harness import Host, init_latent, sega_values
+
+from sega.inversion import sampler_names
+
+webui.load()
+import sega_webui.edit as edit  # noqa: E402  (after the stand-in's modules are importable)
+
+STEPS = 8
+EDIT_SAMPLERS = sampler_names()
+MASK = torch.zeros(8, 8)
+MASK[:, :4] = 1
+KEEP = MASK == 0
+
+
+@pytest.fixture(scope="module")
+def host():
+    return Host()
+
+
+@pytest.fixture(autouse=True)
+def empty_cache():
+    edit.clear_cache()
+    yield
+    edit.clear_cache()
+
+
+def run(host, concepts="", invert=True, **kwargs):
+    kwargs.setdefault("sampler_name", "Euler a")
+    kwargs.setdefault("steps", STEPS)
+    kwargs.setdefault("denoising_strength", 0.5)
+    values = None if concepts is None else sega_values(concepts=concepts, invert=invert, warmup="0")
+    return host.generate(values, img2img=True, **kwargs)
+
+
+def tolerance(strength: float) -> float:
+    # float32 rounding, amplified by the random-weight model over the schedule's sigmas
+    return 1e-4 if strength < 0.9 else 2e-2
+
+
+@contextlib.contextmanager
+def inversions(monkeypatch):
+    """How many inversions ran (not taken from the cache) in the block."""
+    count = []
+    real = edit.invert
+
+    def counted(*a, **kw):
+        count.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(edit, "invert", counted)
+    yield count
+
+
+@contextlib.contextmanager
+def model_calls(host):
+    """Per CFG-denoiser call: (inverting, denoiser.step, state.sampling_step, textinfo, rows, cond)."""
+    calls = []
+
+    def spy(params):
+        run_ = getattr(params.denoiser.p, "sega_run", None)
+        pass_ = getattr(run_, "current", None)
+        state = host.w.shared.state
+        cond = params.text_cond["crossattn"] if isinstance(params.text_cond, dict) else params.text_cond
+        calls.append((bool(getattr(pass_, "inverting", False)), params.denoiser.step, state.sampling_step,
+                      state.textinfo, params.x.shape[0], cond.clone(), params.x.clone(), params.sigma.clone()))
+
+    with host.callback("cfg_denoiser", spy, first=True):
+        yield calls
+
+
+# ---- reconstruction ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sampler", EDIT_SAMPLERS)
+@pytest.mark.parametrize("strength", [0.5, 1.0])
+def test_no_concepts_reconstructs_the_input_and_plain_img2img_does_not(host, sampler, strength):
+    kwargs = dict(sampler_name=sampler, denoising_strength=strength, batch_size=2, init_images=init_latent(images=2))
+    out = run(host, **kwargs)
+    x0 = out.p.init_latent
+    assert host.reported == [] and not out.comments
+    assert (out.images - x0).abs().max() < tolerance(strength)
+    plain = run(host, None, **kwargs)
+    assert (plain.images - x0).abs().max() > 1.0
+    assert out.extra_generation_params["SEGA invert"] == "True"
+
+
+@pytest.mark.parametrize("sampler", ["Euler a", "DPM++ 2M SDE"])
+def test_batch_one_batch_count_two_and_different_init_images(host, sampler):
+    out = run(host, sampler_name=sampler, batch_size=1, n_iter=2)
+    assert out.images.shape[0] == 2
+    assert (out.images - out.p.init_latent[:1]).abs().max() < 1e-4
+    images = torch.cat([init_latent(seed=1), init_latent(seed=2)])
+    out = run(host, sampler_name=sampler, batch_size=2, init_images=images)
+    assert (out.images - images).abs().max() < 1e-4
+
+
+def test_concepts_change_the_image_far_less_than_plain_img2img(host):
+    kwargs = dict(denoising_strength=0.75, batch_size=2)
+    x0 = run(host, **kwargs).p.init_latent
+    edited = run(host, "smile\n-glasses", **kwargs)
+    assert host.reported == []
+    change = (edited.images - x0).abs().max()
+    assert change > 1e-2
+    assert change < (run(host, "smile\n-glasses", invert=False, **kwargs).images - x0).abs().max()
+
+
+def test_prompt_editing_and_the_negative_prompt_reach_the_inversion_as_they_reach_sampling(host):
+    kwargs = dict(prompt="a [cat:dog:0.5] photo", negative_prompt="blurry", denoising_strength=1.0, steps=10)
+    with model_calls(host) as calls:
+        out = run(host, **kwargs)
+    assert (out.images - out.p.init_latent).abs().max() < tolerance(1.0)
+    inverting = [c for c in calls if c[0]]
+    sampling = [c for c in calls if not c[0]]
+    assert len(inverting) == len(sampling) > 2
+    # call by call the model sees the same step counters, conds and (up to rounding) inputs
+    for a, b in zip(inverting, sampling, strict=True):
+        assert a[1:3] == b[1:3] and torch.equal(a[5], b[5]) and torch.equal(a[7], b[7])
+        assert torch.allclose(a[6], b[6], atol=1e-3)
+    conds = [c[5] for c in sampling]
+    assert not torch.equal(conds[0], conds[-1])  # the prompt really switched half-way
+
+
+def test_inpainting_keeps_the_kept_region_and_reconstructs_the_rest(host):
+    for kind in ("sd1", "inpaint"):
+        out = run(host, mask=MASK, batch_size=2, denoising_strength=0.75, kind=kind)
+        x0 = out.p.init_latent
+        keep = KEEP.expand_as(out.samples)
+        assert torch.equal(out.samples[keep], x0[keep])
+        assert (out.samples - x0).abs().max() < 1e-4
+        edited = run(host, "smile", mask=MASK, batch_size=2, denoising_strength=0.75, kind=kind)
+        assert torch.equal(edited.samples[keep], x0[keep])
+        assert (edited.samples[~keep] - x0[~keep]).abs().max() > 1e-3
+
+
+def test_same_seed_same_edit_other_seed_other_noise(host):
+    a = run(host, "smile", seed=7, denoising_strength=0.75)
+    b = run(host, "smile", seed=7, denoising_strength=0.75)
+    c = run(host, "smile", seed=8, denoising_strength=0.75)
+    assert torch.equal(a.images, b.images) and not torch.equal(a.images, c.images)
+
+
+def test_each_image_of_a_batch_has_its_own_noise(host, monkeypatch):
+    kept = []
+    real = edit.invert
+    monkeypatch.setattr(edit, "invert", lambda *a, **kw: kept.append(real(*a, **kw)) or kept[-1])
+    run(host, batch_size=2, init_images=init_latent(images=1))
+    noise = kept[0].noises[0]
+    assert not torch.allclose(noise[0], noise[1], atol=1e-2)
+
+
+def test_eta_and_s_noise_are_honoured(host):
+    opts = host.w.shared.opts
+    try:
+        opts.s_noise = 0.9
+        opts.eta_ancestral = 0.7
+        # Euler a takes eta only; the SDE samplers take s_noise from the settings too (as in 1.10.1)
+        for sampler in ("Euler a", "DPM++ 2M SDE"):
+            out = run(host, "smile", sampler_name=sampler)
+            assert out.extra_generation_params["Eta"] == 0.7
+            assert (run(host, sampler_name=sampler).images - out.p.init_latent).abs().max() < 1e-4
+        assert out.extra_generation_params["Sigma noise"] == 0.9
+        opts.eta_ancestral = 0.0
+        zero = run(host)
+        assert "eta is 0" in " ".join(zero.comments)
+        assert "eta is 0" in zero.extra_generation_params[edit.OFF_KEY]
+    finally:
+        opts.reset()
+
+
+# ---- samplers that cannot carry an edit ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("sampler", ["Euler", "DPM++ 2M", "DDIM", "UniPC"])
+def test_deterministic_samplers_say_so_and_make_ordinary_img2img_with_sega(host, sampler):
+    out = run(host, "smile", sampler_name=sampler)
+    comment = " ".join(out.comments)
+    assert "ordinary img2img with SEGA" in comment and "Euler a" in comment and "DPM++ 2M SDE" in comment
+    assert "DPM++ 2M SDE" in out.extra_generation_params[edit.OFF_KEY]
+    plain = run(host, "smile", invert=False, sampler_name=sampler)
+    assert torch.equal(out.images, plain.images)
+
+
+def test_txt2img_ignores_invert_with_a_comment(host):
+    out = host.generate(sega_values(concepts="smile", invert=True))
+    assert "img2img only" in " ".join(out.comments)
+    assert "SEGA invert" not in out.extra_generation_params
+    assert torch.equal(out.images, host.generate(sega_values(concepts="smile")).images)
+
+
+# ---- invert once, edit many ---------------------------------------------------------------------
+
+
+def test_a_second_edit_does_not_invert_again_and_costs_plain_img2img_with_sega(host, monkeypatch):
+    with inversions(monkeypatch) as count:
+        first = run(host, "smile")
+        with model_calls(host) as second_calls:
+            second = run(host, "-glasses :: scale=7", threshold=0.9)
+        with model_calls(host) as plain_calls:
+            run(host, "-glasses :: scale=7", invert=False, threshold=0.9)
+    assert len(count) == 1
+    assert not torch.equal(first.images, second.images)
+    assert [c[4] for c in second_calls] == [c[4] for c in plain_calls]  # same calls, same rows
+    cached = run(host, "smile")
+    assert torch.equal(cached.images, first.images) and len(count) == 1
+
+
+CHANGES = {
+    "seed": dict(seed=99),
+    "prompt": dict(prompt="another photo"),
+    "negative prompt": dict(negative_prompt="ugly"),
+    "cfg scale": dict(cfg_scale=3.0),
+    "steps": dict(steps=STEPS + 2),
+    "strength": dict(denoising_strength=0.7),
+    "sampler": dict(sampler_name="DPM++ 2M SDE"),
+    "image": dict(init_images=init_latent(seed=5)),
+    "mask": dict(mask=MASK),
+    "model": dict(kind="v"),
+    "size": dict(width=80, init_images=init_latent(width=80)),
+    "batch": dict(batch_size=2),
+}
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+def test_each_key_part_misses_the_cache(host, monkeypatch, change):
+    with inversions(monkeypatch) as count:
+        run(host, "smile")
+        run(host, "-smile :: scale=3")
+        assert len(count) == 1
+        out = run(host, "smile", **CHANGES[change])
+    assert len(count) == 2
+    assert (run(host, **CHANGES[change]).images - out.p.init_latent).abs().max() < 1e-4
+
+
+def test_settings_that_reach_the_model_call_miss_the_cache(host, monkeypatch):
+    opts = host.w.shared.opts
+    try:
+        sde = dict(sampler_name="DPM++ 2M SDE")
+        with inversions(monkeypatch) as count:
+            run(host, **sde)
+            opts.s_noise = 0.95
+            run(host, **sde)
+            run(host)  # Euler a does not take s_noise: its inversion is not another one
+            run(host)
+            opts.eta_ancestral = 0.9
+            run(host, **sde)
+            opts.skip_early_cond = 0.2
+            run(host, **sde)
+        assert len(count) == 5
+    finally:
+        opts.reset()
+
+
+def test_another_scripts_args_miss_the_cache(host, monkeypatch):
+    from modules import scripts
+
+    class Other(scripts.Script):
+        def title(self):
+            return "Other"
+
+    with inversions(monkeypatch) as count:
+        run(host, other_scripts=[(Other(), [1])])
+        run(host, "smile", other_scripts=[(Other(), [1])])
+        run(host, other_scripts=[(Other(), [2])])
+    assert len(count) == 2
+
+
+def test_the_cache_is_bounded_by_the_setting(host, monkeypatch):
+    opts = host.w.shared.opts
+    try:
+        opts.sega_inversion_cache = 2
+        with inversions(monkeypatch) as count:
+            for seed in (1, 2, 3):
+                run(host, seed=seed)
+            assert edit.cache_stats()[0] == 2
+            run(host, seed=3)
+            run(host, seed=1)  # the oldest was dropped
+        assert len(count) == 4
+        kept, size = edit.cache_stats()
+        # every step but the last keeps one latent-sized noise per image, plus the residual
+        x = run(host, seed=1).p.init_latent
+        assert size == kept * 5 * x.numel() * x.element_size()
+        opts.sega_inversion_cache = 0
+        with inversions(monkeypatch) as count:
+            run(host, seed=1)
+            run(host, seed=1)
+        assert len(count) == 2 and edit.cache_stats()[0] == 0
+    finally:
+        opts.reset()
+
+
+# ---- progress and interruption ------------------------------------------------------------------
+
+
+def test_progress_shows_the_inversion_as_its_own_phase(host):
+    with model_calls(host) as calls:
+        out = run(host)
+    inverting = [c for c in calls if c[0]]
+    n = len(inverting)
+    assert [c[3] for c in inverting] == [f"SEGA inversion {i + 1}/{n}" for i in range(n)]
+    assert all(c[3] is None for c in calls if not c[0])
+    assert host.w.shared.state.textinfo is None and out.images is not None
+
+
+@pytest.mark.parametrize("how", ["interrupt", "skip"])
+def test_interrupting_the_inversion_leaves_no_entry_and_the_next_generation_is_clean(host, monkeypatch, how):
+    state = host.w.shared.state
+    seen = []
+
+    def stop_at_third(params):
+        pass_ = getattr(getattr(params.denoiser.p, "sega_run", None), "current", None)
+        if getattr(pass_, "inverting", False):
+            seen.append(1)
+            if len(seen) == 3:
+                state.interrupt() if how == "interrupt" else state.skip()
+
+    with host.callback("cfg_denoiser", stop_at_third):
+        out = run(host, n_iter=2 if how == "skip" else 1)
+    assert host.reported == []
+    if how == "interrupt":
+        assert edit.cache_stats()[0] == 0 and len(seen) == 3
+    else:  # the skipped batch left nothing; the second batch was inverted and remade
+        assert edit.cache_stats()[0] == 1
+        assert (out.images[1:] - out.p.init_latent).abs().max() < 1e-4
+    assert state.textinfo is None
+    with inversions(monkeypatch) as count:
+        again = run(host)  # the first batch's image: inverted afresh, whole
+    assert len(count) == 1
+    assert (again.images - again.p.init_latent).abs().max() < 1e-4
+
+
+# ---- maps ---------------------------------------------------------------------------------------
+
+
+def test_guidance_maps_work_in_edit_mode(host):
+    values = sega_values(concepts="smile\n-glasses", invert=True, warmup="0", show_maps=True)
+    out = host.generate(values, img2img=True, sampler_name="Euler a", steps=STEPS, pil_images=True, batch_size=2)
+    assert host.reported == []
+    maps = [im for im in out.images if "SEGA map" in getattr(im, "info", {})]
+    assert len(maps) == 2 * 3
+
