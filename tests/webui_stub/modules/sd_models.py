@@ -90,6 +90,8 @@ def reload_model_weights(sd_model=None, info=None, forced_reload=False):
         model = _objects.get(info.title)
         if model is None:
             model = _objects[info.title] = load_model(info)
+        elif model.sd_checkpoint_info is not info:  # a later load with limit 1 reused it
+            _load_into(model, info)
     elif current is not None and getattr(current, "used_config", None) == info.config:
         model = _load_into(current, info)
     else:
