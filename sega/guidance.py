@@ -133,6 +133,10 @@ class SegaGuidance:
         nothing: no concept needs rows and the momentum is either unused or still zero."""
         return not self.rows_needed(step) and (self.momentum_scale == 0.0 or self.momentum is None)
 
+    def restart_momentum(self) -> None:
+        """Back to no momentum, as at the start of a pass (the steps and settings stay)."""
+        self.momentum = self._momentum_before = self._last_step = None
+
     def _tensors(self, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         key = ("params", device, dtype)
         if key not in self._cache:

@@ -268,6 +268,7 @@ def invert(
     s_noise: float = 1.0,
     options: dict | None = None,
     on_step: Callable[[int, int], None] | None = None,
+    add_noise: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> Inversion:
     """The noises with which the sampler `funcname` over `sigmas` (descending, last 0),
     started at `x_start` (x₀ + σ_0·noise), passes through x₀ + σ_i·n_i at every sigma.
@@ -275,7 +276,9 @@ def invert(
     `draw()` returns a new standard-normal tensor shaped like x₀ each call (seeded by the
     caller: the draws decide the edit). `on_step(i, phase)` is told when step i starts
     (phase 0) and when its first model call is done (phase 1), as the sampler's callback
-    would be. `options`: the sampler's own options (`solver_type`, `r`).
+    would be. `options`: the sampler's own options (`solver_type`, `r`). `add_noise(x₀, n, σ)`:
+    the model's noisy latent at σ, x₀ + σ·n unless given (a flow model's is (1 − σ)·x₀ + σ·n);
+    the step formulas hold for any trajectory, only its points change.
     """
     step_fn, _, _ = SAMPLERS[funcname]
     check(funcname, eta, s_noise)
@@ -302,7 +305,8 @@ def invert(
         )
         update = step_fn(step)
         if sigmas[i + 1] > 0:
-            target = x0 + sigmas[i + 1] * draw()
+            n_next = draw()
+            target = x0 + sigmas[i + 1] * n_next if add_noise is None else add_noise(x0, n_next, sigmas[i + 1])
             noises.extend(update.mid_noises)
             noises.append((target - update.mu) / update.gain)
             x = target

@@ -59,6 +59,10 @@ def plan(p, run, sampler, hires: bool) -> EditPlan | None:
     edit = EditPlan(p, run, str(funcname))
     try:
         check(edit.funcname, 1.0, 1.0)
+        if getattr(p, "refiner_checkpoint_info", None) is not None:
+            # The switch would happen inside the inversion's calls, and sampling would then
+            # start on the other model: the two would not make the same calls.
+            raise InversionError("the refiner switches checkpoints in the middle of the pass; turn it off to edit")
     except InversionError as e:
         edit.decline(str(e))
         return None
@@ -157,7 +161,8 @@ def _invert(edit: EditPlan, pass_, denoiser, x_start, x0, sigmas, kwargs, eta, s
     state.sampling_step = 0
     try:
         return invert(edit.funcname, denoise, x_start, x0, sigmas, _draws(edit.p, x0), eta=eta, s_noise=s_noise,
-                      options=options, on_step=progress)
+                      options=options, on_step=progress,
+                      add_noise=getattr(shared.sd_model, "add_noise_to_latent", None))  # SD3: a flow model
     finally:
         pass_.inverting = False
         denoiser.step = 0

@@ -8,8 +8,11 @@ model call of a `p` that carries a run:
 - `cfg_denoiser`: adds B rows per needed concept between the cond and the uncond rows
   (or, where that layout is not safe, keeps them for a model call of their own);
 - `cfg_denoised`: reads the concept and uncond outputs and asks the engine for the term;
-- `cfg_after_cfg`: adds the term to the guided result (in ε, or as −σ·γ on x0), only where
-  an inpainting mask repaints (`inpaint.py`).
+- `cfg_after_cfg`: adds the term to the guided result in the space the model call returns
+  (ε, or x0 of a diffusion or a flow model: sega/spaces.py), only where an inpainting mask
+  repaints (`inpaint.py`).
+
+A refiner switch mid-pass re-points the pass at the new checkpoint (`refiner.py`).
 
 The callbacks of one model call run in order on one thread and carry no reference to
 `p` after the first, so the first hands its `CallRecord` to the other two through
@@ -30,11 +33,12 @@ from dataclasses import dataclass, field
 import torch
 from modules import prompt_parser, script_callbacks, shared
 
+from sega import spaces
 from sega.args import SegaArgs
 from sega.concepts import network_note
 from sega.errors import SegaInputError
 from sega.guidance import SegaGuidance
-from sega_webui import compat, edit, inpaint, rows
+from sega_webui import compat, edit, inpaint, models, refiner, rows
 from sega_webui.steps import StepClock, real_steps, sampler_family
 
 try:  # timestep samplers (DDIM, PLMS, UniPC) return ε, k-diffusion ones x0
@@ -53,8 +57,10 @@ _UNKNOWN = object()
 @dataclass
 class SegaPass:
     """One sampling pass: the concepts' conds for this model and size, the sampler's
-    step clock, and the guidance engine (built once the pass's step count is known)."""
+    step clock, and the guidance engine (built once the pass's step count is known).
+    A refiner switch points it at the new model (refiner.py); the rest goes on."""
 
+    UNKNOWN = _UNKNOWN
     args: SegaArgs
     model: object
     sampler: object
@@ -74,10 +80,16 @@ class SegaPass:
     rows_cache: dict = field(default_factory=dict)
     edit: edit.EditPlan | None = None  # img2img "Edit the input image" (edit.py)
     inverting: bool = False  # the edit's inversion is calling the model: SEGA stays out
+    hires: bool = False
 
     def __post_init__(self):
+        self.checkpoint = models.checkpoint(self.model)
+        self.set_schedules(self.schedules)
+
+    def set_schedules(self, schedules) -> None:
+        self.schedules = schedules
         # Longest token count of each concept over its schedule, for padding.
-        self.tokens = tuple(max(rows.token_length_one(e.cond) for e in s) for s in self.schedules)
+        self.tokens = tuple(max(rows.token_length_one(e.cond) for e in s) for s in schedules)
 
     def start(self, steps: int) -> None:
         self.steps = steps
@@ -126,12 +138,16 @@ class CallRecord:
     batch: int
     x: torch.Tensor  # the image rows the model saw, [B, C, H, W]
     sigma: torch.Tensor  # their sigmas (k-diffusion) or timesteps, [B]
-    eps_space: bool
+    space: str  # what the model call returns (sega/spaces.py)
     term: torch.Tensor | None = None
     concept_rows: object = None  # separate mode: the concepts' conds, evaluated in cfg_denoised
     image_cond: torch.Tensor | None = None
     dict_conds: bool = False
     repaint: torch.Tensor | None = None  # inpainting: the host's repaint share (nmask)
+
+    @property
+    def eps_space(self) -> bool:
+        return self.space == spaces.EPS
 
 
 class _Current:
@@ -221,11 +237,11 @@ def _begin_pass(p, run: SegaRun) -> None:
     hires = bool(getattr(p, "is_hr_pass", False))
     if hires and not run.args.hires:
         return
-    reason = unsupported_reason(p, model)
+    sampler = p.sampler
+    reason = unsupported_reason(p, model) or models.sampler_problem(model, getattr(sampler, "model_wrap_cfg", None))
     if reason:
         run.fail(p, None, reason)
         return
-    sampler = p.sampler
     try:
         schedules = concept_conds(p, run, model, hires) if run.args.concepts else []
     except Exception as e:  # a bad embedding or prompt must not cost the image
@@ -234,7 +250,7 @@ def _begin_pass(p, run: SegaRun) -> None:
     config = getattr(sampler, "config", None)
     name = sampler_family(getattr(config, "name", "") or getattr(p, "sampler_name", ""), sampler)
     second_order = bool(getattr(config, "options", {}).get("second_order", False))
-    pass_ = SegaPass(run.args, model, sampler, schedules, StepClock(name, second_order))
+    pass_ = SegaPass(run.args, model, sampler, schedules, StepClock(name, second_order), hires=hires)
     pass_.low_vram = bool(getattr(shared.opts, "sega_low_vram", False))
     pass_.edit = edit.plan(p, run, sampler, hires)
     _hook_sampler(sampler, pass_, name)
@@ -265,9 +281,10 @@ def concept_conds(p, run: SegaRun, model, hires: bool) -> list:
     else:
         width, height = p.width, p.height
     old_timelines = bool(getattr(shared.opts, "use_old_scheduling", False))
-    key = (id(model), tuple(texts), width, height, steps, hires_steps, old_timelines)
+    key = (models.checkpoint(model), tuple(texts), width, height, steps, hires_steps, old_timelines)
     if key not in run.cond_cache:
-        run.cond_cache.clear()  # one pass kind at a time is enough; drop other models' conds
+        if len(run.cond_cache) >= 4:  # a base and a refiner, first pass and hires pass
+            run.cond_cache.pop(next(iter(run.cond_cache)))
         batch = prompt_parser.SdConditioning(texts, width=width, height=height)
         run.cond_cache[key] = prompt_parser.get_learned_conditioning(model, batch, steps, hires_steps, old_timelines)
     return run.cond_cache[key]
@@ -333,8 +350,7 @@ def _plan_call(params, run: SegaRun, pass_: SegaPass, p):
     if pass_.error:
         run.fail(p, pass_, pass_.error)
         return None, None
-    if shared.sd_model is not pass_.model:
-        run.fail(p, pass_, "the refiner switched models, and the concepts were encoded for the first one")
+    if models.checkpoint(shared.sd_model) != pass_.checkpoint and not _follow_switch(p, run, pass_, denoiser):
         return None, None
     if pass_.guidance is None:
         pass_.start(getattr(denoiser, "steps", None) or p.steps)
@@ -349,10 +365,8 @@ def _plan_call(params, run: SegaRun, pass_: SegaPass, p):
         run.fail(p, pass_, "another extension changed the rows of the model call before SEGA could add its own")
         return None, None
     active = pass_.guidance.rows_needed(step)
-    eps_space = isinstance(denoiser, CFGDenoiserTimesteps) if CFGDenoiserTimesteps else False
-    record = CallRecord(
-        run, p, pass_, step, active, cond_rows, batch, params.x[-batch:], params.sigma[-batch:], eps_space
-    )
+    space = models.output_space(shared.sd_model, denoiser, CFGDenoiserTimesteps)
+    record = CallRecord(run, p, pass_, step, active, cond_rows, batch, params.x[-batch:], params.sigma[-batch:], space)
     record.repaint = inpaint.repaint_share(denoiser)
     if not active:
         return record, None
@@ -371,6 +385,23 @@ def _plan_call(params, run: SegaRun, pass_: SegaPass, p):
         record.dict_conds = isinstance(params.text_cond, dict)
         return record, None
     return record, _with_concept_rows(params, pass_, active, batch, denoiser.step)
+
+
+def _follow_switch(p, run: SegaRun, pass_: SegaPass, denoiser) -> bool:
+    """The refiner loaded another checkpoint (refiner.py); True when SEGA goes on with it."""
+    model = shared.sd_model
+    reason = unsupported_reason(p, model) or models.sampler_problem(model, denoiser)
+    if reason:
+        run.fail(p, pass_, f"the refiner switched to a checkpoint SEGA cannot guide here: {reason}")
+        return False
+    try:
+        schedules = concept_conds(p, run, model, pass_.hires)
+    except Exception as e:
+        run.fail(p, pass_, f"the concepts could not be encoded for the refiner ({type(e).__name__}: {e})", e)
+        return False
+    if refiner.rebase(pass_, model, schedules):
+        run.comment(p, "SEGA: the momentum restarted at the refiner switch (the refiner's latents are of another kind)")
+    return True
 
 
 def _concept_rows(pass_: SegaPass, active, batch: int, call: int, like, length: int | None):
@@ -520,11 +551,7 @@ def _read_back(params, record: CallRecord) -> None:
         concepts = _evaluate_separately(record, params.inner_model, x_out).reshape(k, b, *x_out.shape[1:])
     else:
         concepts = x_out[r : r + k * b].reshape(k, b, *x_out.shape[1:]) if k else None
-    if not record.eps_space:
-        sigma = record.sigma.to(x_out.dtype).view(b, *([1] * (x_out.dim() - 1)))
-        uncond = (record.x - uncond) / sigma
-        if concepts is not None:
-            concepts = (record.x.unsqueeze(0) - concepts) / sigma
+    uncond, concepts = spaces.noise_estimates(record.space, record.x, record.sigma, uncond, concepts)
     record.term = record.pass_.guidance.step(record.step, uncond, concepts, inpaint.region(record.repaint, uncond))
 
 
@@ -534,11 +561,7 @@ def on_cfg_after_cfg(params) -> None:
         return
     try:
         term = inpaint.restrict(record.term, record.repaint).to(params.x.dtype)
-        if record.eps_space:
-            guided = params.x + term
-        else:
-            sigma = record.sigma.to(params.x.dtype).view(-1, *([1] * (params.x.dim() - 1)))
-            guided = params.x - sigma * term
+        guided = spaces.add_term(record.space, params.x, term, record.sigma)
     except Exception as e:
         record.run.fail(record.p, record.pass_, f"an error while adding its term ({type(e).__name__}: {e})", e)
         return

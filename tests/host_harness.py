@@ -16,9 +16,40 @@ _models: dict[str, tiny_models.TinyLDM] = {}
 
 
 def model(kind: str = "sd1") -> tiny_models.TinyLDM:
+    """kind: "sd1", "sdxl", "v", "inpaint", or "sd3" / "sd3-t5" (SD3 without or with T5)."""
     if kind not in _models:
-        _models[kind] = tiny_models.TinyLDM(kind)
+        if kind.startswith("sd3"):
+            with t5_option(kind == "sd3-t5"):
+                _models[kind] = tiny_models.TinySD3()
+        else:
+            _models[kind] = tiny_models.TinyLDM(kind)
     return _models[kind]
+
+
+def checkpoint(title: str, kind: str = "sd1", seed: int = 0) -> str:
+    """Register a checkpoint "file" of the stand-in's `sd_models` with a tiny model of `kind`
+    (its config), weights from `seed`; returns its title for `refiner_checkpoint`."""
+    from modules import sd_models
+
+    def build():
+        if kind.startswith("sd3"):
+            return tiny_models.TinySD3(seed=seed)
+        return tiny_models.TinyLDM(kind, seed=seed)
+
+    return sd_models.register(sd_models.CheckpointInfo(title, build, kind)).title
+
+
+@contextlib.contextmanager
+def t5_option(enabled: bool):
+    """Settings → Stable Diffusion 3 → Enable T5, for the block."""
+    from modules import shared
+
+    saved = shared.opts.sd3_enable_t5
+    shared.opts.sd3_enable_t5 = enabled
+    try:
+        yield
+    finally:
+        shared.opts.sd3_enable_t5 = saved
 
 
 def sega_values(concepts: str = "smile\n-glasses", enabled: bool = True, **named) -> list:
@@ -38,13 +69,16 @@ class Host:
         self.reported: list[str] = []
 
     def generate(self, values=None, kind="sd1", extension=True, img2img=False, other_scripts=(), extensions=(),
-                 **p_kwargs):
+                 checkpoint=None, **p_kwargs):
         """Latents of one txt2img (or img2img) run. values=None runs the WebUI without the
         extension (no script and none of its callbacks). other_scripts: [(script, args)] that
         run before ours; `extensions`: stand-ins of other extensions' scripts without args
-        (tests/webui_stub/extensions), run before ours too."""
+        (tests/webui_stub/extensions), run before ours too. `checkpoint`: the title of a
+        checkpoint (`checkpoint(...)`) that the WebUI loads as the selected one, instead of `kind`."""
         w = self.w
-        w.shared.sd_model = model(kind)
+        w.shared.opts.sd_model_checkpoint = checkpoint
+        if checkpoint is None:
+            w.shared.sd_model = model(kind)
         w.shared.state.reset()
         p_kwargs.setdefault("prompt", "a photo of a face")
         p_kwargs.setdefault("steps", 6)
@@ -61,7 +95,8 @@ class Host:
             cls = w.processing.StableDiffusionProcessingTxt2Img
         p = cls(script_args=[None] + args, scripts=runner, **p_kwargs)
         before = len(w.script_callbacks.reported)
-        with (contextlib.nullcontext() if values is not None else self.without_extension()):
+        with (contextlib.nullcontext() if values is not None else self.without_extension()), \
+                t5_option(kind == "sd3-t5"):
             result = w.processing.process_images(p)
         self.reported = w.script_callbacks.reported[before:] + (runner.reported if runner else [])
         result.p = p

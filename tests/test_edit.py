@@ -348,3 +348,51 @@ def test_guidance_maps_work_in_edit_mode(host):
     maps = [im for im in out.images if "SEGA map" in getattr(im, "info", {})]
     assert len(maps) == 2 * 3
 
+
+
+# ---- checkpoints and other extensions -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["sdxl", "v", "sd3"])
+def test_other_checkpoints_reconstruct_and_edit(host, kind):
+    # SD3: 16 latent channels and a flow model's noisy latents, (1 − σ)·x₀ + σ·n
+    images = init_latent(images=2).repeat(1, 4 if kind == "sd3" else 1, 1, 1)
+    out = run(host, kind=kind, batch_size=2, init_images=images)
+    assert host.reported == [] and not out.comments
+    assert (out.images - out.p.init_latent).abs().max() < 1e-3
+    edited = run(host, "smile", kind=kind, batch_size=2, init_images=images)
+    assert (edited.images - out.p.init_latent).abs().max() > 1e-3
+
+
+def test_controlnet_per_step_control_reaches_the_inversion_as_it_reaches_sampling(host):
+    from host_harness import other_extension
+
+    def cn():
+        return other_extension("sd-webui-controlnet", "controlnet").ControlNet("Balanced", guidance_end=0.5)
+
+    kwargs = dict(denoising_strength=1.0, batch_size=2)
+    out = run(host, extensions=[cn()], **kwargs)
+    assert host.reported == []
+    assert (out.images - out.p.init_latent).abs().max() < tolerance(1.0)
+    # the control matters, and it stops half-way: a control left on all the way differs
+    plain_end = run(host, None, extensions=[cn()], seed=3, **kwargs).images
+    unit = cn()
+    unit.guidance_end = 1.0
+    assert not torch.allclose(plain_end, run(host, None, extensions=[unit], seed=3, **kwargs).images)
+    edited = run(host, "smile", extensions=[cn()], **kwargs)
+    assert (edited.images - out.p.init_latent).abs().max() > 1e-2
+
+
+def test_a_refiner_switch_is_declined_with_a_reason(host):
+    from host_harness import checkpoint
+
+    base, refiner = checkpoint("base15", "sd1", 0), checkpoint("other15", "sd1", 10)
+    values = sega_values(concepts="smile", invert=True, warmup="0")
+    kwargs = dict(img2img=True, sampler_name="Euler a", steps=STEPS, denoising_strength=0.5)
+    # a first run loads both checkpoints (building a stand-in model reseeds the global RNG)
+    host.generate(None, checkpoint=base, refiner_checkpoint=refiner, refiner_switch_at=0.5, **kwargs)
+    out = host.generate(values, checkpoint=base, refiner_checkpoint=refiner, refiner_switch_at=0.5, **kwargs)
+    assert "refiner" in out.extra_generation_params[edit.OFF_KEY]
+    plain = host.generate(sega_values(concepts="smile", warmup="0"), checkpoint=base, refiner_checkpoint=refiner,
+                          refiner_switch_at=0.5, **kwargs)
+    assert torch.equal(out.images, plain.images)

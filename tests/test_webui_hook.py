@@ -245,16 +245,6 @@ def test_state_lives_on_p_only(host):
 # ---- declines ---------------------------------------------------------------------------------
 
 
-def test_refiner_switch_stops_sega_with_a_comment(host):
-    from host_harness import model
-
-    refiner = model("sd1")
-    result = host.generate(sega_values(warmup="0"), refiner_model=refiner, refiner_switch_at=0.5, kind="v")
-    assert host.reported == []
-    assert "SEGA stopped: the refiner switched models, and the concepts were encoded for the first one" in result.comments
-    assert "SEGA concepts" in result.extra_generation_params and "SEGA stopped" in result.extra_generation_params
-
-
 def test_edit_models_decline_with_a_comment(host):
     m = host.w.shared.sd_model
     from host_harness import model

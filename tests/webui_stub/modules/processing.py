@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from modules import infotext_utils, prompt_parser, sd_samplers, shared
+from modules import infotext_utils, prompt_parser, sd_models, sd_samplers, shared
 from modules.scripts import MaskBlendArgs
 
 
@@ -35,7 +35,7 @@ def txt2img_image_conditioning(sd_model, x, width, height):
 class StableDiffusionProcessing:
     def __init__(self, prompt="", negative_prompt="", steps=20, cfg_scale=7.0, width=64, height=64, batch_size=1,
                  n_iter=1, sampler_name="Euler", seed=0, denoising_strength=0.5, script_args=(), scripts=None,
-                 s_min_uncond=0.0, **extra):
+                 s_min_uncond=0.0, refiner_checkpoint=None, refiner_switch_at=None, **extra):
         self.prompt, self.negative_prompt = prompt, negative_prompt
         self.steps, self.cfg_scale = steps, cfg_scale
         self.width, self.height = width, height
@@ -46,6 +46,8 @@ class StableDiffusionProcessing:
         self.scripts = scripts
         self.s_min_uncond = s_min_uncond
         self.eta = None
+        self.refiner_checkpoint, self.refiner_switch_at = refiner_checkpoint, refiner_switch_at
+        self.refiner_checkpoint_info = None
         self.extra_generation_params = {}
         self.comments = {}
         self.is_hr_pass = False
@@ -80,9 +82,7 @@ class StableDiffusionProcessing:
         self.c, self.uc = self._conds(self.width, self.height, self.firstpass_steps)
 
     def get_conds(self):
-        if self.is_hr_pass:
-            return self.hr_c, self.hr_uc
-        return self._conds(self.width, self.height, self.firstpass_steps)
+        return self.c, self.uc
 
     def noise(self, shape, batch_index):
         g = torch.Generator().manual_seed(self.seed + batch_index)
@@ -101,25 +101,49 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
         super().__init__(width=width, height=height, **kwargs)
         self.enable_hr, self.hr_scale, self.hr_second_pass_steps = enable_hr, hr_scale, hr_second_pass_steps
         self.hr_upscale_to_x, self.hr_upscale_to_y = int(width * hr_scale), int(height * hr_scale)
+        self.hr_checkpoint_info = None
+        self.hr_c = self.hr_uc = None
+
+    def calculate_hr_conds(self):
+        if self.hr_c is not None:
+            return
+        config = sd_samplers.find_sampler_config(self.sampler_name)
+        total = config.total_steps(self.hr_second_pass_steps or self.steps)
+        self.hr_c, self.hr_uc = self._conds(self.hr_upscale_to_x, self.hr_upscale_to_y, self.firstpass_steps, total)
+
+    def setup_conds(self):
+        if self.is_hr_pass:  # called by the refiner in the hires pass
+            self.hr_c = None
+            self.calculate_hr_conds()
+            return
+        super().setup_conds()
+        self.hr_c = self.hr_uc = None
+
+    def get_conds(self):
+        if self.is_hr_pass:
+            return self.hr_c, self.hr_uc
+        return super().get_conds()
 
     def sample(self, batch_index):
         self.sampler = sd_samplers.create_sampler(self.sampler_name, shared.sd_model)
         b = self.batch_size
-        x = self.noise((b, 4, self.height // 8, self.width // 8), batch_index)
+        channels = getattr(shared.sd_model, "latent_channels", 4)
+        x = self.noise((b, channels, self.height // 8, self.width // 8), batch_index)
         image_cond = txt2img_image_conditioning(shared.sd_model, x, self.width, self.height)
         if self.scripts is not None:
             self.scripts.process_before_every_sampling(self, x=x, noise=x, c=self.c, uc=self.uc)
         samples = self.sampler.sample(self, x, self.c, self.uc, image_conditioning=image_cond)
         if not self.enable_hr:
             return samples
+        # Back to the selected checkpoint, should the refiner have switched in the first pass.
+        sd_models.reload_model_weights(info=self.hr_checkpoint_info)
         self.is_hr_pass = True
         samples = torch.nn.functional.interpolate(samples, size=(self.hr_upscale_to_y // 8, self.hr_upscale_to_x // 8),
                                                   mode="nearest")
         noise = self.noise(samples.shape, 1000 + batch_index)
         self.sampler = sd_samplers.create_sampler(self.sampler_name, shared.sd_model)
         hr_steps = self.hr_second_pass_steps or self.steps
-        total = self.sampler.config.total_steps(hr_steps)
-        self.hr_c, self.hr_uc = self._conds(self.hr_upscale_to_x, self.hr_upscale_to_y, self.firstpass_steps, total)
+        self.calculate_hr_conds()
         if self.scripts is not None:
             self.scripts.process_before_every_sampling(self, x=samples, noise=noise, c=self.hr_c, uc=self.hr_uc)
         hr_cond = txt2img_image_conditioning(shared.sd_model, samples, self.hr_upscale_to_x, self.hr_upscale_to_y)
@@ -272,6 +296,11 @@ class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
 def process_images(p):
     if p.scripts is not None:
         p.scripts.before_process(p)
+    sd_models.reload_model_weights()  # the selected checkpoint, should a refiner have stayed loaded
+    if p.refiner_checkpoint not in (None, "", "None", "none"):
+        p.refiner_checkpoint_info = sd_models.get_closet_checkpoint_match(p.refiner_checkpoint)
+        if p.refiner_checkpoint_info is None:
+            raise Exception(f"Could not find checkpoint with name {p.refiner_checkpoint}")
     shared.state.reset()
     torch.manual_seed(p.seed)  # the stand-in's stochastic samplers draw from the global RNG
     p.prompts = [p.prompt] * p.batch_size
@@ -284,7 +313,6 @@ def process_images(p):
     samples = []
     with torch.no_grad():
         p.init()
-        p.setup_conds()
         for n in range(p.n_iter):
             if shared.state.skipped:  # Skip ends one batch; the next one runs
                 shared.state.skipped = False
@@ -292,9 +320,11 @@ def process_images(p):
                 break
             p.iteration = n
             p.seeds = p.all_seeds[n * p.batch_size:(n + 1) * p.batch_size]
+            sd_models.reload_model_weights()  # the refiner may have switched in the last batch
             if p.scripts is not None:
                 p.scripts.before_process_batch(p, batch_number=n)
                 p.scripts.process_batch(p, batch_number=n)
+            p.setup_conds()
             batch = p.sample(n)
             if p.scripts is not None:
                 p.scripts.postprocess_batch(p, batch, batch_number=n)

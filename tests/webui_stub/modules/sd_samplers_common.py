@@ -3,6 +3,8 @@
 import inspect
 from dataclasses import dataclass, field
 
+import torch
+
 from modules import shared
 from modules.shared import opts, state
 
@@ -34,18 +36,43 @@ def setup_img2img_steps(p, steps=None):
 
 
 def apply_refiner(cfg_denoiser, sigma=None):
-    """Swaps to `p.refiner_model` once `p.refiner_switch_at` of the calls are done."""
+    """WebUI 1.10.1: called first thing in every CFGDenoiser.forward. Past `refiner_switch_at`
+    (a share of the model calls with `refiner_switch_by_sample_steps`, else read off the
+    call's sigma as (999 − nearest timestep) / 1000), loads the refiner checkpoint, re-encodes
+    the prompt (`p.setup_conds()`) and drops the denoiser's wrapped model; with hires fix the
+    `hires_fix_refiner_pass` option picks the passes it may switch in."""
+    from modules import sd_models
+
     p = cfg_denoiser.p
-    refiner = getattr(p, "refiner_model", None)
-    if refiner is None or shared.sd_model is refiner:
+    if opts.refiner_switch_by_sample_steps or sigma is None:
+        completed = cfg_denoiser.step / cfg_denoiser.total_steps
+        p.extra_generation_params["Refiner switch by sampling steps"] = True
+    else:
+        try:
+            timestep = torch.argmin(torch.abs(cfg_denoiser.inner_model.sigmas.to(sigma.device) - torch.max(sigma)))
+        except AttributeError:  # timestep samplers: sigma is the timestep
+            timestep = torch.max(sigma).to(dtype=int)
+        completed = (999 - timestep) / 1000
+    switch_at = p.refiner_switch_at
+    info = getattr(p, "refiner_checkpoint_info", None)
+    if switch_at is not None and completed < switch_at:
         return False
-    if cfg_denoiser.step / cfg_denoiser.total_steps < p.refiner_switch_at:
+    if info is None or getattr(shared.sd_model, "sd_checkpoint_info", None) == info:
         return False
-    shared.sd_model = refiner
-    cfg_denoiser.model_wrap = None
-    c, uc = p.get_conds()
-    cfg_denoiser.sampler.sampler_extra_args["cond"] = c
-    cfg_denoiser.sampler.sampler_extra_args["uncond"] = uc
+    if getattr(p, "enable_hr", False):
+        second = p.is_hr_pass
+        if opts.hires_fix_refiner_pass == "first pass" and second:
+            return False
+        if opts.hires_fix_refiner_pass == "second pass" and not second:
+            return False
+        if opts.hires_fix_refiner_pass != "second pass":
+            p.extra_generation_params["Hires refiner"] = opts.hires_fix_refiner_pass
+    p.extra_generation_params["Refiner"] = info.short_title
+    p.extra_generation_params["Refiner switch at"] = switch_at
+    with sd_models.SkipWritingToConfig():
+        sd_models.reload_model_weights(info=info)
+    p.setup_conds()
+    cfg_denoiser.update_inner_model()
     return True
 
 

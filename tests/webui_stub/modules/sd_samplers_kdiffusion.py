@@ -63,6 +63,8 @@ sampler_extra_params = {
 class CFGDenoiserKDiffusion(sd_samplers_cfg_denoiser.CFGDenoiser):
     @property
     def inner_model(self):
+        if self.model_wrap is None and getattr(shared.sd_model, "create_denoiser", None) is not None:
+            self.model_wrap = shared.sd_model.create_denoiser()  # SD3: its own flow denoiser
         if self.model_wrap is None:
             wrap = k_diffusion.external.CompVisVDenoiser if shared.sd_model.parameterization == "v" else k_diffusion.external.CompVisDenoiser
             self.model_wrap = wrap(shared.sd_model, quantize=False)
@@ -134,7 +136,8 @@ class KDiffusionSampler(sd_samplers_common.Sampler):
         steps, t_enc = sd_samplers_common.setup_img2img_steps(p, steps)
         sigmas = self.get_sigmas(p, steps)
         sigma_sched = sigmas[steps - t_enc - 1:]
-        xi = x + noise * sigma_sched[0]
+        add_noise = getattr(shared.sd_model, "add_noise_to_latent", None)  # SD3: (1 − σ)·x + σ·noise
+        xi = add_noise(x, noise, sigma_sched[0]) if add_noise is not None else x + noise * sigma_sched[0]
         kw = self._kwargs(p, x, sigma_sched, t_enc + 1, img2img=True, schedule=sigmas)
         self.model_wrap_cfg.init_latent = x
         self._extra_args(p, conditioning, unconditional_conditioning, image_conditioning)

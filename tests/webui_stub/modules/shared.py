@@ -25,6 +25,11 @@ class Options:
         "return_grid": True,
         "samples_save": True,
         "samples_format": "png",
+        "sd_model_checkpoint": None,
+        "sd_checkpoints_limit": 1,
+        "refiner_switch_by_sample_steps": False,
+        "hires_fix_refiner_pass": "second pass",
+        "sd3_enable_t5": False,
     }
 
     def __init__(self):

@@ -9,7 +9,8 @@ model call, on the stand-in's tiny model:
   whether it is a cond row, else every row counts as cond and the context is left as is;
 - the control goes to every row (Balanced, and softened for "My prompt is more
   important"), or only to cond rows ("ControlNet is more important");
-- it registers a cfg_denoiser callback that reads only the step.
+- it registers a cfg_denoiser callback that reads only the step, from which it decides
+  whether a unit is inside its guidance start/end (here: the end only).
 The control here is a fixed latent added to the UNet's input; the real one adds residuals
 inside the UNet. Either way it is per row.
 """
@@ -39,9 +40,10 @@ def _mark_schedules(schedules, positive):
 
 
 class ControlNet:
-    def __init__(self, mode="Balanced", weight=0.5, seed=7):
+    def __init__(self, mode="Balanced", weight=0.5, seed=7, guidance_end=1.0):
         assert mode in MODES
-        self.mode, self.weight = mode, weight
+        self.mode, self.weight, self.guidance_end = mode, weight, guidance_end
+        self.percent = 0.0
         self.hint = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(seed))
         self.unet = None
         self.seen_unmarked = 0
@@ -72,6 +74,7 @@ class ControlNet:
 
     def guidance_schedule(self, params):
         self.last_step = params.sampling_step
+        self.percent = params.sampling_step / max(params.total_sampling_steps, 1)
 
     def forward(self, original, sample, timestep, encoder_hidden_states=None, **kwargs):
         context = encoder_hidden_states
@@ -83,6 +86,8 @@ class ControlNet:
             self.seen_unmarked += 1
             cond_mark = sample.new_ones(n)
         control = torch.nn.functional.interpolate(self.hint, size=sample.shape[-2:]).to(sample) * self.weight
+        if self.percent > self.guidance_end:  # the unit's guidance has stopped
+            control = control * 0
         if self.mode == "My prompt is more important":
             control = control * 0.825 ** 4
         control = control.expand(n, -1, -1, -1)
