@@ -396,3 +396,15 @@ def test_a_refiner_switch_is_declined_with_a_reason(host):
     plain = host.generate(sega_values(concepts="smile", warmup="0"), checkpoint=base, refiner_checkpoint=refiner,
                           refiner_switch_at=0.5, **kwargs)
     assert torch.equal(out.images, plain.images)
+
+
+def test_an_edit_adds_no_device_to_host_copy_in_segas_callbacks(host):
+    from test_webui_maps import count_syncs
+
+    run(host, "smile\n-glasses", batch_size=2)  # inverted; the edit below takes it from the cache
+    with count_syncs(host) as cached:
+        run(host, "smile\n-glasses :: scale=7", batch_size=2)
+    with count_syncs(host) as first:
+        run(host, "smile\n-glasses", batch_size=2, seed=11)  # inverts: SEGA's callbacks stay out
+    assert cached["sega"] == 0 and first["sega"] == 0
+    assert cached["all"] > 0  # the counter does count (the host's own conversions)
