@@ -29,10 +29,16 @@ class SegaArgs:
     momentum_beta: float = BY_NAME["momentum_beta"].default
     hires: bool = BY_NAME["hires"].default
     show_maps: bool = BY_NAME["show_maps"].default
+    mask: str = BY_NAME["mask"].default
 
     @property
     def active(self) -> bool:
         return self.enabled and bool(self.concepts)
+
+    @property
+    def uses_masks(self) -> bool:
+        """Whether a concept acts through an implicit mask (sega/masks.py)."""
+        return any(self.effective(c)["mask"] != "threshold" for c in self.concepts)
 
     # ---- reading -----------------------------------------------------------------------
 
@@ -189,6 +195,7 @@ class SegaArgs:
                     cooldown=cooldown,
                     weight=e["weight"],
                     reverse=concept.reverse,
+                    mask=e["mask"],
                 )
             )
         return out

@@ -16,8 +16,15 @@ _models: dict[str, tiny_models.TinyLDM] = {}
 
 
 def model(kind: str = "sd1") -> tiny_models.TinyLDM:
+    """kind: a TinyLDM kind; "<kind>+attn": with cross-attention on the latent/4 grid and
+    the WebUI's tokenizer face (the masks need both); "quadrant": `QuadrantLDM`."""
     if kind not in _models:
-        _models[kind] = tiny_models.TinyLDM(kind)
+        if kind == "quadrant":
+            _models[kind] = tiny_models.QuadrantLDM()
+        elif kind.endswith("+attn"):
+            _models[kind] = tiny_models.attention_ldm(kind[: -len("+attn")])
+        else:
+            _models[kind] = tiny_models.TinyLDM(kind)
     return _models[kind]
 
 

@@ -28,9 +28,10 @@ with gr.Blocks():
 def paste(params):
     """What the WebUI's paste does with our infotext_fields (infotext_utils.connect_paste):
     None leaves a field alone; other values are cast to the component's value type."""
+    bound = dict(PASTE)
     values = []
-    for component, fn in PASTE:
-        v = fn(params)
+    for component in COMPONENTS:  # a field that is not pasted keeps its value, in its place
+        v = bound[component](params) if component in bound else None
         if v is None:
             values.append(component.value)
             continue
@@ -59,6 +60,7 @@ _concept = st.builds(
     scale=st.none() | st.floats(0, 30, allow_nan=False),
     threshold=st.none() | st.floats(0, 1, allow_nan=False),
     weight=st.none() | st.floats(0, 10, allow_nan=False),
+    mask=st.none() | st.sampled_from(["threshold", "attention", "intersect"]),
 )
 
 
@@ -75,6 +77,7 @@ def sega_args(draw):
         momentum_scale=draw(st.floats(0, 2, allow_nan=False)),
         momentum_beta=draw(st.floats(0, 1, allow_nan=False)),
         hires=draw(st.booleans()),
+        mask=draw(st.sampled_from(["threshold", "attention", "intersect"])),
     )
     args.check_order()
     return args

@@ -8,6 +8,8 @@ import types
 
 import pytest
 
+from sega.fields import FIELDS
+
 pytest.importorskip("gradio")
 import webui  # noqa: E402
 
@@ -105,7 +107,7 @@ def test_axes_settings_and_api_check_exist_once_in_both_tabs(mode, files, settin
             sega = [s for s in runner.alwayson_scripts if s.title() == "SEGA"]
             assert len(sega) == 1
             ids = [getattr(c, "elem_id", None) for c in runner.inputs[sega[0].args_from:sega[0].args_to]]
-            assert ids[0] == f"sega_{tab}_enabled" and ids[-1] == f"sega_{tab}_show_maps"
+            assert ids == [f"sega_{tab}_{f.name}" for f in FIELDS]
             assert sega[0].infotext_fields and sega[0].paste_field_names
         cfg = script_callbacks.callbacks["cfg_denoiser"]
         assert len(cfg) == 1  # our CFG callbacks once, not once per load

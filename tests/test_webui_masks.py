@@ -1,0 +1,157 @@
+"""Implicit masks in the WebUI's sampling loop: attention from inside the model call, in both
+of SEGA's paths, every start mode, batches; threshold mode untouched."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from host_harness import Host, sega_values
+from test_webui_maps import count_syncs
+
+from sega.fields import FIELDS
+from sega_webui import attention
+
+SIZE = dict(width=128, height=128)  # a 16 × 16 latent: a 4 × 4 attention grid
+
+
+@pytest.fixture(scope="module")
+def host():
+    return Host()
+
+
+def _hooks_left(host, kind):
+    return sum(len(m._forward_hooks) for m in host.w.shared.sd_model.modules()) if kind else 0
+
+
+@pytest.mark.parametrize("kind", ["sd1+attn", "sdxl+attn"])
+def test_each_mask_changes_the_image_and_is_deterministic(host, kind):
+    threshold = host.generate(sega_values(warmup="1"), kind=kind, **SIZE).images
+    images = {}
+    for mode in ("attention", "intersect"):
+        first = host.generate(sega_values(warmup="1", mask=mode), kind=kind, **SIZE)
+        assert host.reported == [] and not any("SEGA" in c for c in first.comments)
+        assert first.p.extra_generation_params["SEGA mask"] == mode
+        again = host.generate(sega_values(warmup="1", mask=mode), kind=kind, **SIZE).images
+        assert torch.equal(first.images, again)
+        assert not torch.equal(first.images, threshold)
+        images[mode] = first.images
+        assert _hooks_left(host, kind) == 0  # taken off at the end of the generation
+    assert not torch.equal(images["attention"], images["intersect"])
+
+
+def test_threshold_mode_is_untouched(host):
+    # The settings as clients sent them before the mask existed, and with the mask named.
+    before = [v for v, f in zip(sega_values(warmup="1"), FIELDS, strict=True) if f.name != "mask"]
+    old = host.generate(before, kind="sd1+attn", **SIZE)
+    seen = []
+    with host.callback("cfg_denoised", lambda params: seen.append(_hooks_left(host, "on"))):
+        new = host.generate(sega_values(warmup="1", mask="threshold"), kind="sd1+attn", **SIZE)
+    assert torch.equal(old.images, new.images)
+    assert "SEGA mask" not in new.p.extra_generation_params
+    assert set(seen) == {0}  # no hook on any layer while sampling
+
+
+def test_concepts_act_only_where_their_words_are_attended(host):
+    """QuadrantLDM: the concepts' words draw attention only in the top-left quadrant, and
+    each latent block's output depends only on that block, so a masked concept may change
+    the top-left quadrant and nothing else."""
+    kwargs = dict(kind="quadrant", steps=6, **SIZE)
+    values = dict(concepts="smile :: threshold=0.75\n-glasses :: threshold=0.75", warmup="0")
+    none = host.generate(sega_values(scale=0.0, mask="attention", **values), **kwargs).images
+    unmasked = host.generate(sega_values(**values), **kwargs).images
+    for mode in ("attention", "intersect"):
+        masked = host.generate(sega_values(mask=mode, **values), **kwargs).images
+        assert host.reported == []
+        diff = (masked - none).abs()
+        assert diff[..., :8, :8].max() > 1e-3  # the quadrant changes…
+        diff[..., :8, :8] = 0
+        assert diff.max() <= 1e-6, mode  # …and nothing else does
+    outside = (unmasked - none).abs()
+    outside[..., :8, :8] = 0
+    assert outside.max() > 1e-3  # SEGA's threshold alone would act elsewhere too
+
+
+@pytest.mark.parametrize("setting", ["low VRAM", "chunked"])
+def test_separate_and_chunked_calls_give_the_same_masks(host, setting):
+    opts = host.w.shared.opts
+    kwargs = dict(kind="sd1+attn", batch_size=2, **SIZE)
+    values = sega_values(warmup="1", mask="intersect")
+    widened = host.generate(values, **kwargs).images
+    try:
+        if setting == "low VRAM":
+            opts.sega_low_vram = True
+        else:
+            opts.batch_cond_uncond = False
+        other = host.generate(values, **kwargs)
+    finally:
+        opts.reset()
+    assert host.reported == [] and not any("SEGA" in c for c in other.comments)
+    torch.testing.assert_close(other.images, widened, rtol=1e-4, atol=1e-4)
+
+
+def test_each_image_of_a_batch_gets_its_own_mask(host):
+    maps = []
+    real = attention.ConceptAttention.collect
+
+    def spy(self, grid):
+        out = real(self, grid)
+        maps.append(out.clone())
+        return out
+
+    values = sega_values("smile\n-glasses", warmup="0", mask="attention")
+    try:
+        attention.ConceptAttention.collect = spy
+        batch = host.generate(values, kind="sd1+attn", batch_size=2, seed=11, **SIZE)
+        together = maps[0].view(2, 2, 4, 4)
+        maps.clear()
+        alone = host.generate(values, kind="sd1+attn", batch_size=1, seed=12, **SIZE)
+        second = maps[0].view(2, 1, 4, 4)
+    finally:
+        attention.ConceptAttention.collect = real
+    assert host.reported == []
+    # concept-major rows: image 2 of the batch (seed 12) is the image generated alone
+    torch.testing.assert_close(together[:, 1:], second, rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(together[:, 0], together[:, 1])
+    torch.testing.assert_close(batch.images[1:], alone.images, rtol=1e-4, atol=1e-4)
+
+
+def test_img2img_inpainting_and_hires(host):
+    mask = torch.zeros(16, 16)
+    mask[:, :8] = 1  # the left half is repainted
+    values = sega_values(warmup="0", mask="intersect")
+    plain = host.generate(None, kind="sd1+attn", img2img=True, mask=mask, steps=8, **SIZE)
+    inpainted = host.generate(values, kind="sd1+attn", img2img=True, mask=mask, steps=8, **SIZE)
+    assert host.reported == [] and not any("SEGA" in c for c in inpainted.comments)
+    keep = mask == 0
+    assert torch.equal(inpainted.samples[..., keep], plain.samples[..., keep])
+    assert not torch.equal(inpainted.samples[..., ~keep], plain.samples[..., ~keep])
+    img2img = host.generate(values, kind="sd1+attn", img2img=True, steps=8, **SIZE)
+    assert not torch.equal(img2img.images, host.generate(None, kind="sd1+attn", img2img=True, steps=8, **SIZE).images)
+    hires = dict(enable_hr=True, hr_second_pass_steps=3, denoising_strength=0.5, hr_scale=2.0, width=64, height=64)
+    on = host.generate(values, kind="sd1+attn", **hires)
+    off = host.generate(sega_values(warmup="0", mask="intersect", hires=False), kind="sd1+attn", **hires)
+    assert host.reported == [] and not any("SEGA" in c for c in on.comments + off.comments)
+    assert not torch.equal(on.images, off.images)  # the hires pass (32 × 32 latent, 8 × 8 grid) is masked too
+
+
+def test_per_concept_override_and_no_latent4_layers(host):
+    mixed = host.generate(sega_values("smile :: mask=attention\n-glasses", warmup="1"), kind="sd1+attn", **SIZE)
+    assert host.reported == [] and not any("SEGA" in c for c in mixed.comments)
+    assert mixed.p.extra_generation_params["SEGA concepts"] == "smile :: mask=attention\n-glasses"
+    threshold = host.generate(sega_values(warmup="1"), kind="sd1+attn", **SIZE).images
+    assert not torch.equal(mixed.images, threshold)
+    # A model without the WebUI's tokenizer (the plain stand-in) is told why, and left unmasked.
+    result = host.generate(sega_values(mask="attention"), kind="sd1")
+    assert any("SEGA off" in c and "tokenizer" in c for c in result.comments)
+    assert _hooks_left(host, "sd1") == 0
+
+
+@pytest.mark.parametrize("sampler", ["Euler", "DDIM"])
+def test_masks_add_no_device_to_host_copy_while_sampling(host, sampler):
+    kwargs = dict(kind="sd1+attn", sampler_name=sampler, batch_size=2, **SIZE)
+    with count_syncs(host) as on:
+        host.generate(sega_values(warmup="1", mask="intersect", show_maps=True), **kwargs)
+    with count_syncs(host) as off:
+        host.generate(sega_values(warmup="1", show_maps=True), **kwargs)
+    assert host.reported == []
+    assert on["sega"] == 0 and on["all"] == off["all"]  # inside the model call's hooks too
