@@ -89,30 +89,31 @@ def test_separate_and_chunked_calls_give_the_same_masks(host, setting):
     torch.testing.assert_close(other.images, widened, rtol=1e-4, atol=1e-4)
 
 
-def test_each_image_of_a_batch_gets_its_own_mask(host):
+def test_each_image_of_a_batch_gets_its_own_mask(host, monkeypatch):
+    """Swapping the two images' noise swaps their masks (rows are concept-major, B each)."""
     maps = []
-    real = attention.ConceptAttention.collect
+    real_collect = attention.ConceptAttention.collect
 
     def spy(self, grid):
-        out = real(self, grid)
+        out = real_collect(self, grid)
         maps.append(out.clone())
         return out
 
+    monkeypatch.setattr(attention.ConceptAttention, "collect", spy)
+    cls = host.w.processing.StableDiffusionProcessing
+    real_noise = cls.noise
     values = sega_values("smile\n-glasses", warmup="0", mask="attention")
-    try:
-        attention.ConceptAttention.collect = spy
-        batch = host.generate(values, kind="sd1+attn", batch_size=2, seed=11, **SIZE)
-        together = maps[0].view(2, 2, 4, 4)
+    runs = []
+    for order in ([0, 1], [1, 0]):
+        monkeypatch.setattr(cls, "noise", lambda self, shape, i, order=order: real_noise(self, shape, i)[order])
         maps.clear()
-        alone = host.generate(values, kind="sd1+attn", batch_size=1, seed=12, **SIZE)
-        second = maps[0].view(2, 1, 4, 4)
-    finally:
-        attention.ConceptAttention.collect = real
-    assert host.reported == []
-    # concept-major rows: image 2 of the batch (seed 12) is the image generated alone
-    torch.testing.assert_close(together[:, 1:], second, rtol=1e-4, atol=1e-6)
-    assert not torch.allclose(together[:, 0], together[:, 1])
-    torch.testing.assert_close(batch.images[1:], alone.images, rtol=1e-4, atol=1e-4)
+        result = host.generate(values, kind="sd1+attn", batch_size=2, **SIZE)
+        assert host.reported == []
+        runs.append((result.images, torch.stack(maps).view(len(maps), 2, 2, 4, 4)))
+    (images, first), (swapped, second) = runs
+    torch.testing.assert_close(swapped, images[[1, 0]], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(second, first[:, :, [1, 0]], rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(first[:, :, 0], first[:, :, 1])  # the two images' masks differ
 
 
 def test_img2img_inpainting_and_hires(host):
@@ -130,7 +131,7 @@ def test_img2img_inpainting_and_hires(host):
     hires = dict(enable_hr=True, hr_second_pass_steps=3, denoising_strength=0.5, hr_scale=2.0, width=64, height=64)
     on = host.generate(values, kind="sd1+attn", **hires)
     off = host.generate(sega_values(warmup="0", mask="intersect", hires=False), kind="sd1+attn", **hires)
-    assert host.reported == [] and not any("SEGA" in c for c in on.comments + off.comments)
+    assert host.reported == [] and not any("SEGA" in c for c in list(on.comments) + list(off.comments))
     assert not torch.equal(on.images, off.images)  # the hires pass (32 × 32 latent, 8 × 8 grid) is masked too
 
 
