@@ -111,6 +111,7 @@ class SegaGuidance:
         # never copies host data to the device.
         self._cache: dict[tuple, object] = {}
         self.maps: ConceptMaps | None = ConceptMaps() if track_maps else None
+        self._step_mask: torch.Tensor | None = None  # this step's masks, for the maps
 
     def __len__(self) -> int:
         return len(self.concepts)
@@ -213,7 +214,8 @@ class SegaGuidance:
             self.momentum = self.momentum_beta * momentum + (1 - self.momentum_beta) * gamma
 
         if self.maps is not None and psi is not None:
-            self._track_maps(step, psi, warm, weights)
+            self._track_maps(step, psi, warm, weights, self._step_mask)
+            self._step_mask = None
 
         if all(warm):
             return gamma
@@ -238,13 +240,24 @@ class SegaGuidance:
             raise ValueError(f"the masks need attention maps for {tuple(psi.shape[:2])} concept rows, got {got}")
         from sega.masks import concept_masks  # sega.masks builds on this module
 
-        masked = psi * concept_masks(psi, thresholds, p["intersect"].index_select(0, idx), attention, region, early)
+        mask = concept_masks(psi, thresholds, p["intersect"].index_select(0, idx), attention, region, early)
         if "threshold" not in modes:
-            return masked
+            self._remember_mask(mask, idx)
+            return psi * mask
         use_mask = p["masked"].index_select(0, idx).view(-1, 1, 1, 1, 1)
-        return torch.where(use_mask, masked, threshold_guidance(psi, thresholds, region))
+        self._remember_mask(torch.where(use_mask, mask, torch.ones((), dtype=mask.dtype, device=mask.device)), idx)
+        return torch.where(use_mask, psi * mask, threshold_guidance(psi, thresholds, region))
 
-    def _track_maps(self, step, psi, warm, weights) -> None:
+    def _remember_mask(self, mask, idx) -> None:
+        """The step's masks [N, B, H, W] for the maps (concepts not evaluated: zeros)."""
+        if self.maps is None:
+            return
+        mask = mask.squeeze(2)
+        if mask.shape[0] < len(self.concepts):
+            mask = mask.new_zeros((len(self.concepts), *mask.shape[1:])).index_copy_(0, idx, mask)
+        self._step_mask = mask
+
+    def _track_maps(self, step, psi, warm, weights, mask=None) -> None:
         """Hand the maps each concept's share of the term this step applies: its weight
         when every concept is warm, its normalised weight when only some are (the
         momentum is not attributed), nothing while none is."""
@@ -264,7 +277,7 @@ class SegaGuidance:
             self._cache[key] = applied
         applied = self._cache[key]
         if applied is not None:
-            self.maps.add(step, psi, applied)
+            self.maps.add(step, psi, applied, mask)
 
     def _weight_matrix(self, device, dtype, weights, batch):
         key = ("w", device, dtype, weights, batch)

@@ -156,3 +156,55 @@ def test_masks_add_no_device_to_host_copy_while_sampling(host, sampler):
         host.generate(sega_values(warmup="1", show_maps=True), **kwargs)
     assert host.reported == []
     assert on["sega"] == 0 and on["all"] == off["all"]  # inside the model call's hooks too
+
+
+def test_maps_show_where_each_mask_let_its_concept_act(host):
+    """QuadrantLDM: each concept's map lies inside the quadrant and carries the outline of
+    its mask; a concept without a mask gets no outline."""
+    import numpy as np
+    from PIL import Image
+
+    from sega.maps import OUTLINE
+
+    values = sega_values("smile :: threshold=0.75 mask=attention\n-glasses", warmup="0", show_maps=True)
+    plain = host.generate(sega_values("smile :: threshold=0.75 mask=attention\n-glasses", warmup="0"),
+                          kind="quadrant", **SIZE)
+    on = host.generate(values, kind="quadrant", pil_images=True, **SIZE)
+    assert host.reported == []
+    maps = [img for img in on.images if "SEGA map" in getattr(img, "info", {})]
+    captions = [img.info["SEGA map"] for img in maps]
+    assert len(maps) == 3 and "outline: its mask" in captions[0] and "outline" not in captions[1]
+    # The outline, drawn on a picture big enough to see it (the stand-in's images are latents).
+    state_mask = torch.zeros(16, 16)
+    state_mask[:8, :8] = 1.0
+    from sega.maps import MapLabel, render_maps
+
+    big = Image.new("RGB", (256, 256), (128, 128, 128))
+    heat = np.zeros((2, 16, 16), np.float32)
+    heat[:, 2:6, 2:6] = 1.0
+    pictures = render_maps(big, heat, [MapLabel("smile"), MapLabel("glasses", True)],
+                           masks=np.stack([state_mask.numpy(), np.ones((16, 16), np.float32)]))
+    drawn = (np.asarray(pictures[0][0]) == np.asarray(OUTLINE)).all(axis=-1)[:200]
+    assert drawn[:128, 127].all() and drawn[127, :128].all()  # the quadrant's inner edge
+    assert not drawn[:, 129:].any() and not drawn[129:, :].any()
+    assert not (np.asarray(pictures[1][0]) == np.asarray(OUTLINE)).all(axis=-1)[:200].any()
+    still = host.generate(values, kind="quadrant", **SIZE)
+    assert torch.equal(still.images, plain.images)  # the maps change no latent
+
+
+def test_engine_hands_the_maps_each_step_mask():
+    from sega.guidance import ConceptGuidance, SegaGuidance
+
+    torch.manual_seed(9)
+    u, c = torch.randn(1, 4, 8, 8), torch.randn(2, 1, 4, 8, 8)
+    maps = torch.zeros(2, 1, 2, 2)
+    maps[:, :, 0, 0] = 1.0  # both concepts attended in the top-left cell only
+    engine = SegaGuidance([ConceptGuidance(warmup=0, threshold=0.75, mask="attention"), ConceptGuidance(warmup=0)],
+                          momentum_scale=0.0, track_maps=True)
+    for step in range(2):
+        engine.step(step, u, c, attention=maps)
+    share = engine.maps.mask_result()
+    heat = engine.maps.result()
+    assert torch.equal(share[0, 0, :4, :4], torch.ones(4, 4)) and share[0, 0].sum() == 16
+    assert torch.equal(share[1], torch.ones(1, 8, 8))  # the threshold concept: no mask
+    assert heat[0, 0, 4:].sum() == 0 and heat[0, 0, :, 4:].sum() == 0 and heat[0, 0, :4, :4].sum() > 0
