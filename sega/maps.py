@@ -161,13 +161,13 @@ def concept_picture(image: Image.Image, heat: np.ndarray, label: MapLabel, note:
                     font_factory: Callable[[int], object] | None = None, mask: np.ndarray | None = None) -> Image.Image:
     """One concept's map over a dimmed copy of `image`, with its caption; with `mask` (the
     share of steps its implicit mask was open, latent-sized), the outline of where it was
-    open in at least half of them, so that "the mask kept it out" reads apart from "its
-    pull was weak"."""
+    ever open: outside it the mask kept the concept out, inside the heat says how much
+    it pulled."""
     v = normalise(upscale(heat, image.size))
     colour = ramp(v, AWAY_RAMP if label.reverse else TOWARDS_RAMP)
     out = overlay(dimmed(image), colour, v)
     if mask is not None:
-        edge = outline(mask >= 0.5, image.size)
+        edge = outline(mask > 0, image.size)
         out[edge] = OUTLINE
     picture = Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8), "RGB")
     lines = [label.caption() + (f"  |  {note}" if note else "")]
@@ -178,15 +178,17 @@ OUTLINE = (255, 255, 255)
 
 
 def outline(region: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """The boundary pixels [height, width] of a latent-sized bool `region` blown up (nearest)
-    to the picture's (width, height): inside pixels with a 4-neighbour outside. Nothing
-    when the region is everywhere or nowhere."""
+    """The boundary band [height, width] of a latent-sized bool `region` blown up (nearest)
+    to the picture's (width, height): inside pixels within a few pixels of the outside.
+    Nothing when the region is everywhere or nowhere."""
     width, height = size
     rows = (np.arange(height) * region.shape[0] // height).clip(0, region.shape[0] - 1)
     cols = (np.arange(width) * region.shape[1] // width).clip(0, region.shape[1] - 1)
     big = region[rows][:, cols]
-    padded = np.pad(big, 1, mode="edge")
-    inner = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    inner = big
+    for _ in range(max(1, min(width, height) // 128)):  # 2 px on a 256² picture, thicker on bigger ones
+        padded = np.pad(inner, 1, mode="edge")
+        inner = inner & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
     return big & ~inner
 
 
@@ -282,9 +284,9 @@ def render_maps(image: Image.Image, maps: np.ndarray | None, labels: Sequence[Ma
     notes = ["did not act" if s is None or s == 0 else f"{100 * s:.0f} % of SEGA" for s in parts]
     out = []
     for i, (heat, label, note) in enumerate(zip(maps, labels, notes, strict=True)):
-        mask = None if masks is None or bool((masks[i] >= 0.5).all()) else masks[i]
+        mask = None if masks is None or bool((masks[i] > 0).all()) else masks[i]
         if mask is not None:
-            note += ", outline: its mask"
+            note += ", outline: mask"
         picture = concept_picture(image, heat, label, note + suffix, font_factory, mask)
         out.append((picture, f"SEGA map: {label.caption()}, {note}{suffix}"))
     if n > 1:

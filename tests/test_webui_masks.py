@@ -173,7 +173,7 @@ def test_maps_show_where_each_mask_let_its_concept_act(host):
     assert host.reported == []
     maps = [img for img in on.images if "SEGA map" in getattr(img, "info", {})]
     captions = [img.info["SEGA map"] for img in maps]
-    assert len(maps) == 3 and "outline: its mask" in captions[0] and "outline" not in captions[1]
+    assert len(maps) == 3 and "outline: mask" in captions[0] and "outline" not in captions[1]
     # The outline, drawn on a picture big enough to see it (the stand-in's images are latents).
     state_mask = torch.zeros(16, 16)
     state_mask[:8, :8] = 1.0
