@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sega.args import SegaArgs
-from sega.concepts import Concept
+from sega.concepts import Concept, parse_concepts
 from sega.errors import SegaInputError
 from sega.fields import FIELDS
 from sega.steps import Steps
@@ -166,3 +166,25 @@ def test_infotext_is_compact_and_absent_when_off():
     b = a.with_values(threshold=0.9, hires=False)
     assert b.to_infotext() == {"SEGA concepts": "smile", "SEGA threshold": "0.9", "SEGA hires": "False"}
     assert SegaArgs.from_infotext({"Steps": "20"}) is None
+
+
+def test_mask_by_name_position_concept_object_and_concept_line():
+    names = [f.name for f in FIELDS]
+    values = list(UI_DEFAULTS)
+    values[:2] = [True, "smile\n-glasses :: mask=attention"]
+    values[names.index("mask")] = "Intersect"
+    a = SegaArgs.from_values(values)
+    assert a.mask == "intersect" and a.concepts[1].mask == "attention" and a.uses_masks
+    assert [c.mask for c in a.concept_guidance(10)] == ["intersect", "attention"]
+    assert a.to_infotext()["SEGA mask"] == "intersect"
+    assert SegaArgs.from_infotext(a.to_infotext()) == a
+    assert "SEGA mask" not in a.with_values(mask="threshold").to_infotext()
+    named = SegaArgs.from_values([{"concepts": [{"prompt": "smile", "mask": "attention"}]}])
+    assert named.concepts[0].mask == "attention" and named.mask == "threshold"
+    assert not SegaArgs.from_values([True, "smile"]).uses_masks
+    with pytest.raises(SegaInputError) as e:
+        SegaArgs.from_values([{"concepts": "smile", "mask": "soft"}])
+    assert (e.value.field, e.value.problem) == ("mask", "must be one of threshold, attention, intersect, got 'soft'")
+    with pytest.raises(SegaInputError, match=r"concepts\[1\]\.mask: must be one of"):
+        SegaArgs.from_values([{"concepts": [{"prompt": "smile", "mask": 3}]}])
+    assert "mask must be one of" in parse_concepts("smile :: mask=both").errors[0].problem
