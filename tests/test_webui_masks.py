@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from host_harness import Host, sega_values
+from host_harness import Host, fail_engine_step_at, sega_values
 from test_webui_maps import count_syncs
 
 from sega.fields import FIELDS
@@ -27,8 +27,12 @@ def _hooks_left(host, kind):
 def test_each_mask_changes_the_image_and_is_deterministic(host, kind):
     threshold = host.generate(sega_values(warmup="1"), kind=kind, **SIZE).images
     images = {}
+    paths = []
     for mode in ("attention", "intersect"):
-        first = host.generate(sega_values(warmup="1", mask=mode), kind=kind, **SIZE)
+        spy = host.callback("cfg_denoised", lambda params: paths.append(host.w.host._current.record.pass_.separate))
+        with spy:
+            first = host.generate(sega_values(warmup="1", mask=mode), kind=kind, **SIZE)
+        assert set(paths) == {False}  # our own hooks do not count as another extension's
         assert host.reported == [] and not any("SEGA" in c for c in first.comments)
         assert first.p.extra_generation_params["SEGA mask"] == mode
         again = host.generate(sega_values(warmup="1", mask=mode), kind=kind, **SIZE).images
@@ -208,3 +212,12 @@ def test_engine_hands_the_maps_each_step_mask():
     assert torch.equal(share[0, 0, :4, :4], torch.ones(4, 4)) and share[0, 0].sum() == 16
     assert torch.equal(share[1], torch.ones(1, 8, 8))  # the threshold concept: no mask
     assert heat[0, 0, 4:].sum() == 0 and heat[0, 0, :, 4:].sum() == 0 and heat[0, 0, :4, :4].sum() > 0
+
+
+def test_hooks_go_when_sega_stops(host, monkeypatch):
+    fail_engine_step_at(monkeypatch, 2)
+    hooks = []
+    with host.callback("cfg_denoiser", lambda params: hooks.append(_hooks_left(host, "on")), first=True):
+        result = host.generate(sega_values(warmup="0", mask="attention"), kind="sd1+attn", steps=5, **SIZE)
+    assert any("SEGA stopped" in c and "boom" in c for c in result.comments)
+    assert hooks[0] == 0 and hooks[1] > 0 and hooks[2:] == [0] * len(hooks[2:])  # off from the failing call on
