@@ -35,7 +35,7 @@ EARLY_TIMESTEP = 800
 
 
 class MaskError(RuntimeError):
-    pass
+    """The model cannot give the masks what they need; the message says what, for the user."""
 
 
 def attention_layers(model) -> list[tuple[str, torch.nn.Module]]:
@@ -82,7 +82,8 @@ def find_tokenizer(model):
     for embedder in getattr(cond_stage, "embedders", None) or ():
         if hasattr(embedder, "tokenize_line"):
             return embedder
-    raise MaskError("the model has no tokenizer (tokenize_line) to find the concepts' words in their conds")
+    raise MaskError("the mask needs the WebUI's tokenizer (tokenize_line) to find the concepts' words, "
+                    "and this model has none")
 
 
 def hypernetwork_keys():

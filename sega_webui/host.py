@@ -330,6 +330,9 @@ def on_cfg_denoiser(params) -> None:
         return
     try:
         record, widened = _plan_call(params, run, pass_, p)
+    except attention.MaskError as e:  # a model the masks cannot read: the reason is the message
+        run.fail(p, pass_, str(e))
+        return
     except Exception as e:
         run.fail(p, pass_, f"an error while adding its rows to the model call ({type(e).__name__}: {e})", e)
         return
@@ -530,6 +533,9 @@ def on_cfg_denoised(params) -> None:
         return
     try:
         _read_back(params, record)
+    except attention.MaskError as e:
+        _current.record = None
+        record.run.fail(record.p, record.pass_, str(e))
     except Exception as e:
         _current.record = None
         record.run.fail(

@@ -147,8 +147,22 @@ def test_per_concept_override_and_no_latent4_layers(host):
     assert not torch.equal(mixed.images, threshold)
     # A model without the WebUI's tokenizer (the plain stand-in) is told why, and left unmasked.
     result = host.generate(sega_values(mask="attention"), kind="sd1")
-    assert any("SEGA off" in c and "tokenizer" in c for c in result.comments)
+    reason = "the mask needs the WebUI's tokenizer (tokenize_line) to find the concepts' words, and this model has none"
+    assert list(result.comments) == [f"SEGA off: {reason}"]
+    assert result.p.extra_generation_params == {"SEGA off": reason}
     assert _hooks_left(host, "sd1") == 0
+    # A tokenizer but no cross-attention on the latent/4 grid (the plain stand-in's UNet).
+    import host_harness
+    import tiny_models
+
+    plain = tiny_models.TinyLDM("sd1")
+    plain.cond_stage_model = tiny_models.StandInTokenizer(plain)
+    host_harness._models["sd1+tokenizer"] = plain
+    result = host.generate(sega_values(mask="intersect"), kind="sd1+tokenizer")
+    assert len(result.comments) == 1 and next(iter(result.comments)).startswith(
+        "SEGA off: the mask needs the UNet's cross-attention layers on the 2×2 grid (latent/4), and none saw")
+    assert _hooks_left(host, "sd1+tokenizer") == 0
+    assert torch.equal(result.images, host.generate(None, kind="sd1+tokenizer").images)
 
 
 @pytest.mark.parametrize("sampler", ["Euler", "DDIM"])
