@@ -259,3 +259,33 @@ def test_early_rows_follow_timestep_800():
     sigma = torch.stack([s800 * 0.99, s800 * 1.01])
     assert attention.early_rows(sigma, False, ac).tolist() == [False, True]
     assert attention.early_rows(torch.tensor([800.0, 801.0]), True, None).tolist() == [False, True]
+
+
+def test_sdxl_shaped_unet_uses_its_fifty_latent4_layers():
+    """SDXL's block layout in miniature (transformer depths 2 and 10, two layers per down
+    block, three per up block): on the latent/4 grid, input blocks 7–8 and output blocks 0–2
+    hold 2·10 + 3·10 = 50 cross-attention layers; the middle block shares the grid and is
+    left out; the latent/2 layers do not count."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, block_out_channels=(8, 16, 32), layers_per_block=2,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2, 10), attention_head_dim=(1, 2, 4), cross_attention_dim=16,
+        use_linear_projection=True, norm_num_groups=8,
+    ).eval()
+    hooks = attention.ConceptAttention(unet)
+    hooks.arm(1, 1, masks.attention_grid(16, 16), torch.ones(1, 77))
+    try:
+        with torch.no_grad():
+            unet(torch.randn(2, 4, 16, 16), 500, encoder_hidden_states=torch.randn(2, 77, 16))
+        call = hooks.call
+        seen = [name for name, m in hooks.layers if m in call.heads]
+        maps = hooks.collect((4, 4))
+    finally:
+        hooks.remove()
+    assert len(seen) == 50 and all(n.startswith(("down_blocks.2.", "up_blocks.0.")) for n in seen)
+    assert not any("mid_block" in n for n, _ in hooks.layers)
+    torch.testing.assert_close(maps.sum(), torch.tensor(16.0))  # every column: each query's probabilities sum to 1
