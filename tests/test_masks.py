@@ -289,3 +289,14 @@ def test_sdxl_shaped_unet_uses_its_fifty_latent4_layers():
     assert len(seen) == 50 and all(n.startswith(("down_blocks.2.", "up_blocks.0.")) for n in seen)
     assert not any("mid_block" in n for n, _ in hooks.layers)
     torch.testing.assert_close(maps.sum(), torch.tensor(16.0))  # every column: each query's probabilities sum to 1
+
+
+def test_token_columns_follow_a_mark_token_in_front_and_padding_behind():
+    base = torch.zeros(1, 77)
+    base[0, 1:4] = 1.0
+    call = attention._Call(0, 1, 16, base)
+    assert torch.equal(call.columns_for(77), base)
+    marked = call.columns_for(78)  # ControlNet's mark still in front of the tokens
+    assert marked[0, 2:5].tolist() == [1.0] * 3 and marked.sum() == 3 and marked[0, :2].sum() == 0
+    padded = call.columns_for(154)  # padded with an empty chunk to the prompt's length
+    assert torch.equal(padded[:, :77], base) and padded[:, 77:].sum() == 0

@@ -235,3 +235,31 @@ def test_hooks_go_when_sega_stops(host, monkeypatch):
         result = host.generate(sega_values(warmup="0", mask="attention"), kind="sd1+attn", steps=5, **SIZE)
     assert any("SEGA stopped" in c and "boom" in c for c in result.comments)
     assert hooks[0] == 0 and hooks[1] > 0 and hooks[2:] == [0] * len(hooks[2:])  # off from the failing call on
+
+
+@pytest.mark.parametrize("extension", ["controlnet", "regional_prompter", "dynamic_thresholding"])
+def test_masks_beside_other_extensions(host, extension):
+    """ControlNet (fast path; its UNet strips the mark token the concept rows carry),
+    Regional Prompter (separate call, its attention hooks set aside) and Dynamic
+    Thresholding (separate call): the masks work and each image is deterministic."""
+    import test_other_extensions as others
+
+    make = getattr(others, extension)
+    kwargs = dict(kind="sd1+attn", batch_size=2, prompt=others.PROMPT, **SIZE)
+    alone = host.generate(None, extensions=[make()], **kwargs).images
+    threshold = host.generate(sega_values(warmup="0"), extensions=[make()], **kwargs).images
+    masked = host.generate(sega_values(warmup="0", mask="intersect"), extensions=[make()], **kwargs)
+    assert host.reported == [] and not any("SEGA" in c for c in masked.comments), masked.comments
+    again = host.generate(sega_values(warmup="0", mask="intersect"), extensions=[make()], **kwargs).images
+    assert torch.equal(masked.images, again)
+    assert not torch.equal(masked.images, alone) and not torch.equal(masked.images, threshold)
+
+
+def test_a_tiled_latent_stops_the_masks_with_the_reason(host):
+    import test_other_extensions as others
+
+    result = host.generate(sega_values(warmup="0", mask="attention"), extensions=[others.tiled_diffusion()],
+                           kind="sd1+attn", **SIZE)
+    assert host.reported == []
+    assert any(c.startswith("SEGA off: the mask needs the UNet's cross-attention layers on the 4×4 grid")
+               for c in result.comments), result.comments
