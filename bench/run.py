@@ -3,7 +3,7 @@
     python bench/run.py               # CPU, tiny shapes, about a minute
     python bench/run.py --gpu         # CUDA fp16: SD1.5 at 512² (and 4 images at 768²), SDXL at 1024²
     python bench/run.py --maps-only   # just the guidance maps' cost per step (and the model call)
-    python bench/run.py --masks       # the implicit masks' cost per step, SD 1.5 shapes at 512², CPU
+    python bench/run.py --masks [--gpu]   # the implicit masks' cost per step, SD 1.5 shapes at 512²
 
 In one run and on one random-weight UNet per shape it measures, per sampler step (DDIM,
 median of --repeats runs): plain CFG through the WebUI stand-in; our SEGA with N = 1, 2, 4
@@ -392,9 +392,9 @@ def run_shape(shape: Shape, device, dtype, repeats: int) -> list[str]:
     return lines + [""]
 
 
-def run_masks(repeats: int, n: int = 2) -> list[str]:
-    """What the implicit masks add to a step at SD 1.5 shapes, 512², one image, N concepts, on
-    the CPU in fp32: the hooks' recomputed attention in the model call (measured on the real
+def run_masks(repeats: int, n: int = 2, device=None, dtype=torch.float32) -> list[str]:
+    """What the implicit masks add to a step at SD 1.5 shapes, 512², one image, N concepts (on
+    the CPU in fp32, or --gpu: CUDA fp16): the hooks' recomputed attention in the model call (measured on the real
     latent/4 layers with their real inputs, and as the whole call with and without the hooks
     armed) and the engine's mask arithmetic, against one step (the model call at (2+N) rows
     plus the engine's threshold step)."""
@@ -402,17 +402,18 @@ def run_masks(repeats: int, n: int = 2) -> list[str]:
     from sega_webui import attention
 
     shape = SD15
-    device = torch.device("cpu")
+    device = device or torch.device("cpu")
     torch.manual_seed(0)
     from diffusers import UNet2DConditionModel
 
-    unet = UNet2DConditionModel(**shape.unet).eval()
-    rows = 2 + n
-    x = torch.randn((rows, 4, shape.latent, shape.latent))
-    context = torch.randn((rows, 77, shape.hidden))
-    t = torch.full((rows,), 500.0)
+    with torch.device(device):
+        unet = UNet2DConditionModel(**shape.unet).eval().to(dtype)
+        rows = 2 + n
+        x = torch.randn((rows, 4, shape.latent, shape.latent), dtype=dtype)
+        context = torch.randn((rows, 77, shape.hidden), dtype=dtype)
+        t = torch.full((rows,), 500.0)
     grid = attention_grid(shape.latent, shape.latent)
-    columns = torch.zeros(n, 77)
+    columns = torch.zeros(n, 77, device=device)
     columns[:, 1:4] = 1.0  # three words each
     hooks = attention.ConceptAttention(unet)
     inputs = []
@@ -443,12 +444,13 @@ def run_masks(repeats: int, n: int = 2) -> list[str]:
             for module, q_in, c_in in inputs:
                 attention.concept_attention(module, q_in, c_in, columns)
 
-    u = torch.randn((1, 4, shape.latent, shape.latent))
-    c = torch.randn((n, 1, 4, shape.latent, shape.latent))
-    maps = torch.rand(n, 1, *grid)
+    with torch.device(device):
+        u = torch.randn((1, 4, shape.latent, shape.latent), dtype=dtype)
+        c = torch.randn((n, 1, 4, shape.latent, shape.latent), dtype=dtype)
+        maps = torch.rand(n, 1, *grid)
+        early = torch.tensor([False])
     engines = {mode: SegaGuidance([ConceptGuidance(warmup=0, mask=mode) for _ in range(n)], 0.3, 0.6)
                for mode in ("threshold", "attention", "intersect")}
-    early = torch.tensor([False])
 
     def engine(mode):
         counter = iter(range(10**9))
@@ -467,7 +469,8 @@ def run_masks(repeats: int, n: int = 2) -> list[str]:
     step = plain_t + thr_t
     cost = recompute_t + (int_t - thr_t)
     return [
-        f"### Implicit masks, {shape.name}, N = {n}, cpu float32 ({torch.get_num_threads()} threads), "
+        f"### Implicit masks, {shape.name}, N = {n}, {device.type} {str(dtype).split('.')[-1]} "
+        f"({torch.cuda.get_device_name() if device.type == 'cuda' else str(torch.get_num_threads()) + ' threads'}), "
         f"{len(inputs)} latent/4 layers ({grid[0]}×{grid[1]} queries)", "",
         "| part | ms | % of a step |", "|---|---|---|",
         f"| step: model call at {rows} rows + threshold engine step | {step * 1e3:.1f} | 100 |",
@@ -491,10 +494,11 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--shapes", default=None, help="comma list of: tiny, sd15, sd15big, sdxl")
     parser.add_argument("--maps-only", action="store_true", help="only the guidance maps' cost (and the model call)")
-    parser.add_argument("--masks", action="store_true", help="only the implicit masks' cost (SD 1.5 512², CPU)")
+    parser.add_argument("--masks", action="store_true", help="only the implicit masks' cost (SD 1.5 512²)")
     args = parser.parse_args()
     if args.masks:
-        print("\n".join(run_masks(args.repeats)))
+        gpu = (torch.device("cuda"), torch.float16) if args.gpu else (torch.device("cpu"), torch.float32)
+        print("\n".join(run_masks(args.repeats, 2, *gpu)))
         return
     shapes = {"tiny": TINY, "sd15": SD15, "sd15big": SD15_BIG, "sdxl": SDXL}
     if args.gpu:

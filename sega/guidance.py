@@ -152,6 +152,10 @@ class SegaGuidance:
                 "masked": torch.tensor([c.mask != "threshold" for c in cs], device=device),
                 "intersect": torch.tensor([c.mask == "intersect" for c in cs], device=device),
             }
+            if any(c.mask != "threshold" for c in cs):
+                from sega.masks import smoothing_kernel  # sega.masks builds on this module
+
+                self._cache[key]["kernel"] = smoothing_kernel(device, dtype)
         return self._cache[key]
 
     def _index(self, device: torch.device, active: tuple[int, ...]) -> torch.Tensor:
@@ -240,7 +244,7 @@ class SegaGuidance:
             raise ValueError(f"the masks need attention maps for {tuple(psi.shape[:2])} concept rows, got {got}")
         from sega.masks import concept_masks  # sega.masks builds on this module
 
-        mask = concept_masks(psi, thresholds, p["intersect"].index_select(0, idx), attention, region, early)
+        mask = concept_masks(psi, thresholds, p["intersect"].index_select(0, idx), attention, region, early, p["kernel"])
         if "threshold" not in modes:
             self._remember_mask(mask, idx)
             return psi * mask

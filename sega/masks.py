@@ -50,22 +50,29 @@ def smoothing_kernel(device=None, dtype=torch.float32) -> torch.Tensor:
     return (kernel / kernel.sum()).view(1, 1, 3, 3).to(device=device, dtype=dtype)
 
 
-def smooth(maps: torch.Tensor) -> torch.Tensor:
-    """maps [N, h, w] smoothed with `smoothing_kernel`, reflect-padded (a grid thinner than
-    two cells cannot be reflected and is left as it is)."""
+def smooth(maps: torch.Tensor, kernel: torch.Tensor | None = None) -> torch.Tensor:
+    """maps [N, h, w] smoothed with `smoothing_kernel` (pass it in, on maps' device and in
+    their dtype, to spare a host-to-device copy per step), reflect-padded (a grid thinner
+    than two cells cannot be reflected and is left as it is)."""
     if maps.shape[-1] < 2 or maps.shape[-2] < 2:
         return maps
+    if kernel is None:
+        kernel = smoothing_kernel(maps.device, maps.dtype)
     padded = F.pad(maps.unsqueeze(1), (1, 1, 1, 1), mode="reflect")
-    return F.conv2d(padded, smoothing_kernel(maps.device, maps.dtype)).squeeze(1)
+    return F.conv2d(padded, kernel).squeeze(1)
 
 
 def attention_mask(
-    maps: torch.Tensor, thresholds: torch.Tensor, size: tuple[int, int], region: torch.Tensor | None = None
+    maps: torch.Tensor,
+    thresholds: torch.Tensor,
+    size: tuple[int, int],
+    region: torch.Tensor | None = None,
+    kernel: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """M¹ [K, B, 1, H, W] (0/1 in maps' dtype) from the token-summed attention maps
     [K, B, h, w] and the per-concept thresholds [K]; `region` [B, H, W] bool or None."""
     k, b, h, w = maps.shape
-    smoothed = smooth(maps.reshape(k * b, h, w)).reshape(k, b, h * w)
+    smoothed = smooth(maps.reshape(k * b, h, w), kernel).reshape(k, b, h * w)
     inside = None
     if region is not None:
         small = F.adaptive_max_pool2d(region.to(torch.float32).unsqueeze(1), (h, w)) > 0
@@ -93,18 +100,20 @@ def concept_masks(
     maps: torch.Tensor,
     region: torch.Tensor | None = None,
     early: torch.Tensor | None = None,
+    kernel: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Each concept's mask [K, B, 1, H, W] in psi's dtype.
 
     psi: the scaled, signed guidance [K, B, C, H, W]; thresholds [K]; intersect [K] bool
     (False: M¹ alone); maps: the token-summed attention [K, B, h, w]; region: where the
     image may change (bool, broadcastable to [B, C, H, W]) or None; early [B] bool: rows
-    whose timestep is above 800, where M¹ stands alone.
+    whose timestep is above 800, where M¹ stands alone; kernel: `smoothing_kernel` on
+    psi's device, in its dtype.
     """
     where = None
     if region is not None:
         where = region.to(torch.bool).expand(psi.shape[1:]).any(dim=1)
-    mask = attention_mask(maps.to(psi.dtype), thresholds, psi.shape[-2:], where)
+    mask = attention_mask(maps.to(psi.dtype), thresholds, psi.shape[-2:], where, kernel)
     noise = noise_mask(psi, thresholds, where)
     if early is not None:
         noise = noise | early.view(1, -1, 1, 1, 1)
