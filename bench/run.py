@@ -407,7 +407,9 @@ def run_masks(repeats: int, n: int = 2, device=None, dtype=torch.float32) -> lis
     from diffusers import UNet2DConditionModel
 
     with torch.device(device):
-        unet = UNet2DConditionModel(**shape.unet).eval().to(dtype)
+        unet = UNet2DConditionModel(**shape.unet).eval()
+        if dtype != torch.float32:
+            unet = unet.to(dtype)
         rows = 2 + n
         x = torch.randn((rows, 4, shape.latent, shape.latent), dtype=dtype)
         context = torch.randn((rows, 77, shape.hidden), dtype=dtype)

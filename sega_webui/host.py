@@ -345,6 +345,8 @@ def _plan_call(params, run: SegaRun, pass_: SegaPass, p):
     """This call's record (None: SEGA leaves the call alone) and, on the widened path,
     the host's x, sigma, image_cond and text_cond with the concept rows added."""
     denoiser = params.denoiser
+    if pass_.masks is not None:
+        pass_.masks.disarm()  # a call that died before its read-back left it armed
     if pass_.error:
         run.fail(p, pass_, pass_.error)
         return None, None
@@ -378,8 +380,6 @@ def _plan_call(params, run: SegaRun, pass_: SegaPass, p):
         pass_.separate = pass_.low_vram or conflict is not None
         if pass_.separate:
             pass_.attention_hooks = compat.hooked_attention(shared.sd_model)
-    if pass_.masks is not None:
-        pass_.masks.disarm()  # a call that died before its read-back left it armed
     if pass_.guidance.needs_attention(step):
         _prepare_masks(pass_, record, denoiser.step)
     if pass_.separate:
