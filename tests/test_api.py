@@ -128,6 +128,11 @@ INVALID = [
     ({"args": [True, "x"] + [None] * (len(FIELDS) - 1)}, "args",
      f"takes at most {len(FIELDS)} positional values, got {len(FIELDS) + 1}"),
     ({"args": [True, "x", 5, 0.9, "5", "", 1, 0.3, 0.5, True, "yes"]}, "show_maps", "must be true or false, got 'yes'"),
+    ({"args": [True, "x", *("soft" if f.name == "mask" else f.format(f.default) if f.kind.endswith("steps")
+                            else f.default for f in FIELDS[2:])]}, "mask",
+     "must be one of threshold, attention, intersect, got 'soft'"),
+    ({"args": [{"concepts": [{"prompt": "a", "mask": "all"}]}]}, "concepts[1].mask",
+     "must be one of threshold, attention, intersect, got 'all'"),
     ({"args": "smile"}, "args", "must be a list (positional values, or one object of named settings)"),
     ({"args": {"enabled": True}}, "args", "must be a list (positional values, or one object of named settings)"),
     ("sega", "alwayson_scripts.sega", 'must be an object like {"args": [...]}'),
