@@ -3,6 +3,7 @@
     python bench/run.py               # CPU, tiny shapes, about a minute
     python bench/run.py --gpu         # CUDA fp16: SD1.5 at 512² (and 4 images at 768²), SDXL at 1024²
     python bench/run.py --maps-only   # just the guidance maps' cost per step (and the model call)
+    python bench/run.py --masks [--gpu]   # the implicit masks' cost per step, SD 1.5 shapes at 512²
 
 In one run and on one random-weight UNet per shape it measures, per sampler step (DDIM,
 median of --repeats runs): plain CFG through the WebUI stand-in; our SEGA with N = 1, 2, 4
@@ -391,13 +392,116 @@ def run_shape(shape: Shape, device, dtype, repeats: int) -> list[str]:
     return lines + [""]
 
 
+def run_masks(repeats: int, n: int = 2, device=None, dtype=torch.float32) -> list[str]:
+    """What the implicit masks add to a step at SD 1.5 shapes, 512², one image, N concepts (on
+    the CPU in fp32, or --gpu: CUDA fp16): the hooks' recomputed attention in the model call (measured on the real
+    latent/4 layers with their real inputs, and as the whole call with and without the hooks
+    armed) and the engine's mask arithmetic, against one step (the model call at (2+N) rows
+    plus the engine's threshold step)."""
+    from sega.masks import attention_grid
+    from sega_webui import attention
+
+    shape = SD15
+    device = device or torch.device("cpu")
+    torch.manual_seed(0)
+    from diffusers import UNet2DConditionModel
+
+    with torch.device(device):
+        unet = UNet2DConditionModel(**shape.unet).eval()
+        if dtype != torch.float32:
+            unet = unet.to(dtype)
+        rows = 2 + n
+        x = torch.randn((rows, 4, shape.latent, shape.latent), dtype=dtype)
+        context = torch.randn((rows, 77, shape.hidden), dtype=dtype)
+        t = torch.full((rows,), 500.0)
+    grid = attention_grid(shape.latent, shape.latent)
+    columns = torch.zeros(n, 77, device=device)
+    columns[:, 1:4] = 1.0  # three words each
+    hooks = attention.ConceptAttention(unet)
+    inputs = []
+
+    def keep(module, args, kwargs, output):
+        x_in = args[0] if args else kwargs["hidden_states"]
+        if x_in.shape[1] == grid[0] * grid[1]:
+            inputs.append((module, x_in[1 : 1 + n].clone(), kwargs["encoder_hidden_states"][1 : 1 + n].clone()))
+
+    handles = [m.register_forward_hook(keep, with_kwargs=True) for _, m in hooks.layers]
+    with torch.no_grad():
+        unet(x, t, encoder_hidden_states=context)
+    for h in handles:
+        h.remove()
+
+    def plain():
+        with torch.no_grad():
+            unet(x, t, encoder_hidden_states=context)
+
+    def hooked():
+        hooks.arm(1, n, grid, columns)
+        with torch.no_grad():
+            unet(x, t, encoder_hidden_states=context)
+        hooks.collect(grid)
+
+    def recompute():
+        with torch.no_grad():
+            for module, q_in, c_in in inputs:
+                attention.concept_attention(module, q_in, c_in, columns)
+
+    with torch.device(device):
+        u = torch.randn((1, 4, shape.latent, shape.latent), dtype=dtype)
+        c = torch.randn((n, 1, 4, shape.latent, shape.latent), dtype=dtype)
+        maps = torch.rand(n, 1, *grid)
+        early = torch.tensor([False])
+    engines = {mode: SegaGuidance([ConceptGuidance(warmup=0, mask=mode) for _ in range(n)], 0.3, 0.6)
+               for mode in ("threshold", "attention", "intersect")}
+
+    def engine(mode):
+        counter = iter(range(10**9))
+
+        def run():
+            for _ in range(20):
+                engines[mode].step(next(counter), u, c, attention=None if mode == "threshold" else maps, early=early)
+        return run
+
+    timer = Bench.__new__(Bench)
+    timer.device, timer.repeats = device, repeats
+    (plain_t, _), (hooked_t, _) = timer._time_many([plain, hooked], 1)
+    (recompute_t, _), = timer._time_many([recompute], 1)
+    (thr_t, _), (att_t, _), (int_t, _) = timer._time_many([engine("threshold"), engine("attention"),
+                                                          engine("intersect")], 20)
+    step = plain_t + thr_t
+    cost = recompute_t + (int_t - thr_t)
+    return [
+        f"### Implicit masks, {shape.name}, N = {n}, {device.type} {str(dtype).split('.')[-1]} "
+        f"({torch.cuda.get_device_name() if device.type == 'cuda' else str(torch.get_num_threads()) + ' threads'}), "
+        f"{len(inputs)} latent/4 layers ({grid[0]}×{grid[1]} queries)", "",
+        "| part | ms | % of a step |", "|---|---|---|",
+        f"| step: model call at {rows} rows + threshold engine step | {step * 1e3:.1f} | 100 |",
+        f"| hooks' recomputed attention (concept rows, {len(inputs)} layers) | {recompute_t * 1e3:.2f} | "
+        f"{100 * recompute_t / step:.2f} |",
+        f"| model call with the hooks armed − without (noisy) | {(hooked_t - plain_t) * 1e3:.1f} | "
+        f"{100 * (hooked_t - plain_t) / step:.2f} |",
+        f"| engine: attention − threshold | {(att_t - thr_t) * 1e3:.2f} | {100 * (att_t - thr_t) / step:.3f} |",
+        f"| engine: intersect − threshold | {(int_t - thr_t) * 1e3:.2f} | {100 * (int_t - thr_t) / step:.3f} |",
+        f"| **mask cost (recompute + intersect arithmetic)** | {cost * 1e3:.2f} | **{100 * cost / step:.2f}** "
+        f"(target ≤ 3 %: {'yes' if cost <= 0.03 * step else 'NO'}) |",
+        "",
+        f"Threshold mode: no hook is put on any layer and the engine runs SEGA's own path "
+        f"({thr_t * 1e3:.2f} ms per engine step at this shape).", "",
+    ]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gpu", action="store_true", help="CUDA, fp16, SD1.5 and SDXL shapes")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--shapes", default=None, help="comma list of: tiny, sd15, sd15big, sdxl")
     parser.add_argument("--maps-only", action="store_true", help="only the guidance maps' cost (and the model call)")
+    parser.add_argument("--masks", action="store_true", help="only the implicit masks' cost (SD 1.5 512²)")
     args = parser.parse_args()
+    if args.masks:
+        gpu = (torch.device("cuda"), torch.float16) if args.gpu else (torch.device("cpu"), torch.float32)
+        print("\n".join(run_masks(args.repeats, 2, *gpu)))
+        return
     shapes = {"tiny": TINY, "sd15": SD15, "sd15big": SD15_BIG, "sdxl": SDXL}
     if args.gpu:
         device, dtype, names = torch.device("cuda"), torch.float16, ["sd15", "sd15big", "sdxl"]

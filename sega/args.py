@@ -30,11 +30,17 @@ class SegaArgs:
     hires: bool = BY_NAME["hires"].default
     show_maps: bool = BY_NAME["show_maps"].default
     invert: bool = BY_NAME["invert"].default
+    mask: str = BY_NAME["mask"].default
 
     @property
     def active(self) -> bool:
         # An edit with no concepts still inverts and remakes the photo (asked for, not a no-op).
         return self.enabled and (bool(self.concepts) or self.invert)
+
+    @property
+    def uses_masks(self) -> bool:
+        """Whether a concept acts through an implicit mask (sega/masks.py)."""
+        return any(self.effective(c)["mask"] != "threshold" for c in self.concepts)
 
     # ---- reading -----------------------------------------------------------------------
 
@@ -191,6 +197,7 @@ class SegaArgs:
                     cooldown=cooldown,
                     weight=e["weight"],
                     reverse=concept.reverse,
+                    mask=e["mask"],
                 )
             )
         return out

@@ -2,7 +2,7 @@
 
     smiling, smile
     # a comment line
-    glasses, wearing glasses :: scale=5 threshold=0.975
+    glasses, wearing glasses :: scale=5 threshold=0.975 mask=intersect
     -beard, full beard :: scale=5.4 warmup=20% cooldown=80% weight=0.5
 
 One concept per line. A leading `-` steers away from the concept, a leading `+` (optional)
@@ -43,6 +43,7 @@ class Concept:
     warmup: Steps | None = None
     cooldown: Steps | None = None
     weight: float | None = None
+    mask: str | None = None
     # Extra-network tags taken out of the text; they never reach the model with the concept.
     networks: tuple[str, ...] = field(default=(), compare=False)
 

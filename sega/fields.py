@@ -11,12 +11,13 @@ from sega.errors import SegaInputError
 from sega.steps import Steps, format_number, parse_steps
 
 MAX_TEXT_LENGTH = 20000  # concepts box, characters
+MASKS = ("threshold", "attention", "intersect")  # see sega/masks.py
 
 
 @dataclass(frozen=True)
 class Field:
     name: str  # API name and the name in the args model
-    kind: str  # "bool" | "float" | "steps" | "optional_steps" | "text"
+    kind: str  # "bool" | "float" | "steps" | "optional_steps" | "text" | "choice"
     default: Any
     label: str
     infotext: str | None  # key in the generation parameters, None if not written
@@ -26,6 +27,7 @@ class Field:
     maximum: float | None = None
     step: float | None = None
     per_concept: bool = False  # may be overridden on a concept line
+    choices: tuple[str, ...] = ()  # the values of a "choice" field
 
     def coerce(self, value: Any) -> Any:
         """The typed value for `value` as it arrives from the UI, JSON or infotext."""
@@ -36,6 +38,8 @@ class Field:
             return self._coerce_float(value)
         if kind in ("steps", "optional_steps"):
             return self._coerce_steps(value)
+        if kind == "choice":
+            return self._coerce_choice(value)
         if kind == "text":
             if value is None:
                 return ""
@@ -47,6 +51,15 @@ class Field:
                 )
             return value
         raise AssertionError(kind)
+
+    def _coerce_choice(self, value: Any) -> str:
+        expected = ", ".join(self.choices)
+        if not isinstance(value, str):
+            raise SegaInputError(self.name, f"must be one of {expected}, got {describe_value(value)}")
+        choice = value.strip().lower()
+        if choice not in self.choices:
+            raise SegaInputError(self.name, f"must be one of {expected}, got {_short(value)!r}")
+        return choice
 
     def _coerce_float(self, value: Any) -> float:
         if isinstance(value, bool) or value is None:
@@ -170,6 +183,11 @@ FIELDS: tuple[Field, ...] = (
           help="img2img: first find the noise with which the sampler remakes this image exactly, so that only "
                "what the concepts name changes. Needs a sampler that adds noise (Euler a, DPM++ 2M SDE, …); "
                "works even with no concepts (then it remakes the image)."),
+    # Appended after show_maps so that the positional API args before it keep their places.
+    Field("mask", "choice", "threshold", "Mask", "SEGA mask", "",
+          "Where a concept may act: threshold (SEGA: its strongest share per channel), attention "
+          "(where the model attends to its words, LEDITS++ M¹) or intersect (both, LEDITS++).",
+          per_concept=True, choices=MASKS),
 )
 
 BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS}

@@ -26,6 +26,7 @@ class ConceptGuidance:
     cooldown: int | None = None  # None: the concept never cools down
     weight: float = 1.0
     reverse: bool = False
+    mask: str = "threshold"  # see sega/masks.py
 
     def is_warm(self, step: int) -> bool:
         return step >= self.warmup
@@ -110,6 +111,7 @@ class SegaGuidance:
         # never copies host data to the device.
         self._cache: dict[tuple, object] = {}
         self.maps: ConceptMaps | None = ConceptMaps() if track_maps else None
+        self._step_mask: torch.Tensor | None = None  # this step's masks, for the maps
 
     def __len__(self) -> int:
         return len(self.concepts)
@@ -127,6 +129,11 @@ class SegaGuidance:
             and c.weight > 0
             and (c.is_warm(step) or self.momentum_scale != 0.0)
         )
+
+    def needs_attention(self, step: int) -> bool:
+        """Whether this step's concepts need their attention maps (a mask other than
+        "threshold" among `rows_needed(step)`)."""
+        return any(self.concepts[i].mask != "threshold" for i in self.rows_needed(step))
 
     def is_idle(self, step: int) -> bool:
         """True when this step's term is exactly zero and calling `step` would change
@@ -146,7 +153,13 @@ class SegaGuidance:
                     [-c.scale if c.reverse else c.scale for c in cs], dtype=dtype, device=device
                 ),
                 "threshold": torch.tensor([c.threshold for c in cs], dtype=torch.float32, device=device),
+                "masked": torch.tensor([c.mask != "threshold" for c in cs], device=device),
+                "intersect": torch.tensor([c.mask == "intersect" for c in cs], device=device),
             }
+            if any(c.mask != "threshold" for c in cs):
+                from sega.masks import smoothing_kernel  # sega.masks builds on this module
+
+                self._cache[key]["kernel"] = smoothing_kernel(device, dtype)
         return self._cache[key]
 
     def _index(self, device: torch.device, active: tuple[int, ...]) -> torch.Tensor:
@@ -161,6 +174,8 @@ class SegaGuidance:
         eps_uncond: torch.Tensor,
         eps_concepts: torch.Tensor | None,
         region: torch.Tensor | None = None,
+        attention: torch.Tensor | None = None,
+        early: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The SEGA term for one step.
 
@@ -168,6 +183,9 @@ class SegaGuidance:
         `rows_needed(step)`, in that order (None or K = 0 when none are needed).
         region: where the image may change (bool, broadcastable to [B, C, H, W]; None:
         everywhere). Thresholds count only the region and the term is zero outside it.
+        attention: the token-summed attention maps [K, B, h, w] of the same K concepts,
+        needed when `needs_attention(step)`; early: [B] bool, rows whose timestep is above
+        800 (see sega/masks.py).
         """
         active = self.rows_needed(step)
         k = 0 if eps_concepts is None else eps_concepts.shape[0]
@@ -191,7 +209,7 @@ class SegaGuidance:
             idx = self._index(device, active)
             shape = (len(active), 1, 1, 1, 1)
             psi = (eps_concepts - eps_uncond.unsqueeze(0)) * p["signed_scale"].index_select(0, idx).view(shape)
-            psi = threshold_guidance(psi, p["threshold"].index_select(0, idx), region)
+            psi = self._limit(psi, p, idx, active, region, attention, early)
             if len(active) < n:
                 psi = eps_uncond.new_zeros((n, *eps_uncond.shape)).index_copy_(0, idx, psi)
             gamma = torch.einsum("cb,cbijk->bijk", self._weight_matrix(device, dtype, weights, b), psi)
@@ -204,7 +222,8 @@ class SegaGuidance:
             self.momentum = self.momentum_beta * momentum + (1 - self.momentum_beta) * gamma
 
         if self.maps is not None and psi is not None:
-            self._track_maps(step, psi, warm, weights)
+            self._track_maps(step, psi, warm, weights, self._step_mask)
+            self._step_mask = None
 
         if all(warm):
             return gamma
@@ -218,7 +237,35 @@ class SegaGuidance:
             return torch.zeros_like(eps_uncond)
         return torch.einsum("cb,cbijk->bijk", w_hat, psi.index_select(0, sel))
 
-    def _track_maps(self, step, psi, warm, weights) -> None:
+    def _limit(self, psi, p, idx, active, region, attention, early) -> torch.Tensor:
+        """ψ limited to where each concept may act: its threshold, or its implicit mask."""
+        thresholds = p["threshold"].index_select(0, idx)
+        modes = {self.concepts[i].mask for i in active}
+        if modes == {"threshold"}:
+            return threshold_guidance(psi, thresholds, region)
+        if attention is None or attention.shape[:2] != psi.shape[:2]:
+            got = None if attention is None else tuple(attention.shape)
+            raise ValueError(f"the masks need attention maps for {tuple(psi.shape[:2])} concept rows, got {got}")
+        from sega.masks import concept_masks  # sega.masks builds on this module
+
+        mask = concept_masks(psi, thresholds, p["intersect"].index_select(0, idx), attention, region, early, p["kernel"])
+        if "threshold" not in modes:
+            self._remember_mask(mask, idx)
+            return psi * mask
+        use_mask = p["masked"].index_select(0, idx).view(-1, 1, 1, 1, 1)
+        self._remember_mask(torch.where(use_mask, mask, torch.ones((), dtype=mask.dtype, device=mask.device)), idx)
+        return torch.where(use_mask, psi * mask, threshold_guidance(psi, thresholds, region))
+
+    def _remember_mask(self, mask, idx) -> None:
+        """The step's masks [N, B, H, W] for the maps (concepts not evaluated: zeros)."""
+        if self.maps is None:
+            return
+        mask = mask.squeeze(2)
+        if mask.shape[0] < len(self.concepts):
+            mask = mask.new_zeros((len(self.concepts), *mask.shape[1:])).index_copy_(0, idx, mask)
+        self._step_mask = mask
+
+    def _track_maps(self, step, psi, warm, weights, mask=None) -> None:
         """Hand the maps each concept's share of the term this step applies: its weight
         when every concept is warm, its normalised weight when only some are (the
         momentum is not attributed), nothing while none is."""
@@ -238,7 +285,7 @@ class SegaGuidance:
             self._cache[key] = applied
         applied = self._cache[key]
         if applied is not None:
-            self.maps.add(step, psi, applied)
+            self.maps.add(step, psi, applied, mask)
 
     def _weight_matrix(self, device, dtype, weights, batch):
         key = ("w", device, dtype, weights, batch)

@@ -30,14 +30,18 @@ class ConceptMaps:
     """Sums each concept's applied term per position over a pass's steps, on the device."""
 
     def __init__(self):
+        self._masks = _MaskShare()
         self._total: torch.Tensor | None = None
         self._pending: torch.Tensor | None = None  # the current step's calls, summed
         self._pending_step: int | None = None
         self._pending_calls = 0
 
-    def add(self, step: int, psi: torch.Tensor, applied: torch.Tensor) -> None:
+    def add(self, step: int, psi: torch.Tensor, applied: torch.Tensor, mask: torch.Tensor | None = None) -> None:
         """psi: the thresholded terms [N, B, C, H, W] (zeros for concepts not evaluated);
-        applied: each concept's weight in this step's term [N], float32, on psi's device."""
+        applied: each concept's weight in this step's term [N], float32, on psi's device;
+        mask: where each concept's implicit mask let it act this step [N, B, H, W], or None."""
+        if mask is not None:
+            self._masks.add(step, mask, applied)
         contribution = psi.detach().abs().sum(dim=2, dtype=torch.float32)
         contribution.mul_(applied.view(-1, 1, 1, 1))
         if step == self._pending_step:
@@ -60,6 +64,45 @@ class ConceptMaps:
         """[N, B, H, W] float32 on the device, or None when no concept was ever applied."""
         self._flush()
         return self._total
+
+    def mask_result(self) -> torch.Tensor | None:
+        """[N, B, H, W] float32: the share of its applied steps in which each concept's mask
+        was open at each position (1 everywhere for a concept without a mask), or None
+        when no step had masks."""
+        return self._masks.result()
+
+
+class _MaskShare:
+    """Counts, per concept, in how many of its applied steps each position was in its mask
+    (a step evaluated twice counts once, as its calls' mean)."""
+
+    def __init__(self):
+        self._sum = self._steps = self._pending = self._acting = None
+        self._step, self._calls = None, 0
+
+    def add(self, step: int, mask: torch.Tensor, applied: torch.Tensor) -> None:
+        acting = (applied > 0).to(torch.float32)
+        share = mask.to(torch.float32) * acting.view(-1, 1, 1, 1)
+        if step == self._step:
+            self._pending.add_(share)
+            self._calls += 1
+            return
+        self._flush()
+        self._pending, self._acting, self._step, self._calls = share, acting, step, 1
+
+    def _flush(self) -> None:
+        if self._pending is None:
+            return
+        share = self._pending.div_(self._calls)
+        self._sum = share if self._sum is None else self._sum.add_(share)
+        self._steps = self._acting if self._steps is None else self._steps + self._acting
+        self._pending, self._step = None, None
+
+    def result(self) -> torch.Tensor | None:
+        self._flush()
+        if self._sum is None:
+            return None
+        return self._sum / self._steps.clamp(min=1.0).view(-1, 1, 1, 1)
 
 
 # ---- pictures ------------------------------------------------------------------------------
@@ -115,14 +158,38 @@ def overlay(base: np.ndarray, colour: np.ndarray, strength: np.ndarray) -> np.nd
 
 
 def concept_picture(image: Image.Image, heat: np.ndarray, label: MapLabel, note: str = "",
-                    font_factory: Callable[[int], object] | None = None) -> Image.Image:
-    """One concept's map over a dimmed copy of `image`, with its caption."""
+                    font_factory: Callable[[int], object] | None = None, mask: np.ndarray | None = None) -> Image.Image:
+    """One concept's map over a dimmed copy of `image`, with its caption; with `mask` (the
+    share of steps its implicit mask was open, latent-sized), the outline of where it was
+    ever open: outside it the mask kept the concept out, inside the heat says how much
+    it pulled."""
     v = normalise(upscale(heat, image.size))
     colour = ramp(v, AWAY_RAMP if label.reverse else TOWARDS_RAMP)
     out = overlay(dimmed(image), colour, v)
+    if mask is not None:
+        edge = outline(mask > 0, image.size)
+        out[edge] = OUTLINE
     picture = Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8), "RGB")
     lines = [label.caption() + (f"  |  {note}" if note else "")]
     return _caption(picture, [(None, line) for line in lines], font_factory)
+
+
+OUTLINE = (255, 255, 255)
+
+
+def outline(region: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The boundary band [height, width] of a latent-sized bool `region` blown up (nearest)
+    to the picture's (width, height): inside pixels within a few pixels of the outside.
+    Nothing when the region is everywhere or nowhere."""
+    width, height = size
+    rows = (np.arange(height) * region.shape[0] // height).clip(0, region.shape[0] - 1)
+    cols = (np.arange(width) * region.shape[1] // width).clip(0, region.shape[1] - 1)
+    big = region[rows][:, cols]
+    inner = big
+    for _ in range(max(1, min(width, height) // 128)):  # 2 px on a 256² picture, thicker on bigger ones
+        padded = np.pad(inner, 1, mode="edge")
+        inner = inner & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return big & ~inner
 
 
 def combined_picture(image: Image.Image, heats: np.ndarray, labels: Sequence[MapLabel], notes: Sequence[str] = (),
@@ -203,10 +270,12 @@ def shares(maps: np.ndarray) -> list[float | None]:
 
 
 def render_maps(image: Image.Image, maps: np.ndarray | None, labels: Sequence[MapLabel], pass_name: str = "",
-                font_factory: Callable[[int], object] | None = None) -> list[tuple[Image.Image, str]]:
+                font_factory: Callable[[int], object] | None = None,
+                masks: np.ndarray | None = None) -> list[tuple[Image.Image, str]]:
     """The pictures for one image and one pass: one per concept, then (with several
     concepts) the combined one. `maps`: [N, h, w] for this image, or None when no concept
-    acted. Returns (picture, caption) pairs."""
+    acted; `masks`: [N, h, w] the share of steps each concept's mask was open, or None.
+    Returns (picture, caption) pairs."""
     n = len(labels)
     if maps is None:
         maps = np.zeros((n, 8, 8), dtype=np.float32)
@@ -214,8 +283,11 @@ def render_maps(image: Image.Image, maps: np.ndarray | None, labels: Sequence[Ma
     suffix = f" | {pass_name}" if pass_name else ""
     notes = ["did not act" if s is None or s == 0 else f"{100 * s:.0f} % of SEGA" for s in parts]
     out = []
-    for heat, label, note in zip(maps, labels, notes, strict=True):
-        picture = concept_picture(image, heat, label, note + suffix, font_factory)
+    for i, (heat, label, note) in enumerate(zip(maps, labels, notes, strict=True)):
+        mask = None if masks is None or bool((masks[i] > 0).all()) else masks[i]
+        if mask is not None:
+            note += ", outline: mask"
+        picture = concept_picture(image, heat, label, note + suffix, font_factory, mask)
         out.append((picture, f"SEGA map: {label.caption()}, {note}{suffix}"))
     if n > 1:
         title = f"all concepts | {pass_name}" if pass_name else ""

@@ -11,7 +11,7 @@ from sega.concepts import DEFAULT_MAX_CONCEPTS, network_note, parse_concepts
 from sega.errors import SegaInputError
 from sega.fields import BY_NAME, CONCEPT_KEYS
 
-COLUMNS = {"scale": "scale", "threshold": "threshold", "warmup": "warm-up", "cooldown": "cooldown", "weight": "weight"}
+COLUMNS = {"scale": "scale", "threshold": "threshold", "warmup": "warm-up", "cooldown": "cooldown", "weight": "weight", "mask": "mask"}
 
 
 def render_preview(text: str, defaults: dict[str, Any] | None = None, max_concepts: int = DEFAULT_MAX_CONCEPTS) -> str:

@@ -38,7 +38,8 @@ from sega.args import SegaArgs
 from sega.concepts import network_note
 from sega.errors import SegaInputError
 from sega.guidance import SegaGuidance
-from sega_webui import compat, edit, inpaint, models, refiner, rows
+from sega.masks import attention_grid
+from sega_webui import attention, compat, edit, inpaint, models, refiner, rows
 from sega_webui.steps import StepClock, real_steps, sampler_family
 
 try:  # timestep samplers (DDIM, PLMS, UniPC) return ε, k-diffusion ones x0
@@ -81,6 +82,8 @@ class SegaPass:
     edit: edit.EditPlan | None = None  # img2img "Edit the input image" (edit.py)
     inverting: bool = False  # the edit's inversion is calling the model: SEGA stays out
     hires: bool = False
+    texts: list | None = None  # per concept, the text of each schedule entry (for the masks)
+    masks: attention.ConceptAttention | None = None  # hooks, while a concept uses a mask
 
     def __post_init__(self):
         self.checkpoint = models.checkpoint(self.model)
@@ -95,6 +98,10 @@ class SegaPass:
         self.steps = steps
         # An edit with no concepts only reconstructs the photo: there is nothing to guide.
         self.guidance = self.args.guidance(steps) if self.schedules else None
+
+    def close(self) -> None:
+        if self.masks is not None:
+            self.masks.remove()
 
 
 @dataclass
@@ -122,6 +129,7 @@ class SegaRun:
             traceback.print_exception(error, file=sys.stderr)
         if pass_ is not None:
             pass_.stopped = True
+            pass_.close()
         if self.failure is None:
             self.failure = reason
         self.comment(p, _off_text("stopped" if self.acted else "off", reason))
@@ -144,6 +152,7 @@ class CallRecord:
     image_cond: torch.Tensor | None = None
     dict_conds: bool = False
     repaint: torch.Tensor | None = None  # inpainting: the host's repaint share (nmask)
+    mask_columns: torch.Tensor | None = None  # the concepts' token columns, when a mask needs attention
 
     @property
     def eps_space(self) -> bool:
@@ -203,6 +212,8 @@ def end_batch(p) -> None:
     anything, the images must not claim its concepts (pasted back, they would make
     another image); if it stopped part-way, they say so."""
     run = getattr(p, RUN_ATTR, None)
+    if run is not None and run.current is not None:
+        run.current.close()
     if run is None or run.failure is None:
         return
     params = p.extra_generation_params
@@ -216,6 +227,9 @@ def end_batch(p) -> None:
 
 def end_generation(p) -> None:
     _current.record = None
+    run = getattr(p, RUN_ATTR, None)
+    if run is not None and run.current is not None:
+        run.current.close()
     setattr(p, RUN_ATTR, None)
 
 
@@ -223,6 +237,8 @@ def begin_pass(p) -> None:
     run = getattr(p, RUN_ATTR, None)
     if run is None:
         return
+    if run.current is not None:
+        run.current.close()
     run.current = None
     _current.record = None
     try:
@@ -243,14 +259,14 @@ def _begin_pass(p, run: SegaRun) -> None:
         run.fail(p, None, reason)
         return
     try:
-        schedules = concept_conds(p, run, model, hires) if run.args.concepts else []
+        schedules, texts = concept_conds(p, run, model, hires) if run.args.concepts else ([], None)
     except Exception as e:  # a bad embedding or prompt must not cost the image
         run.fail(p, None, f"the concepts could not be encoded ({type(e).__name__}: {e})", e)
         return
     config = getattr(sampler, "config", None)
     name = sampler_family(getattr(config, "name", "") or getattr(p, "sampler_name", ""), sampler)
     second_order = bool(getattr(config, "options", {}).get("second_order", False))
-    pass_ = SegaPass(run.args, model, sampler, schedules, StepClock(name, second_order), hires=hires)
+    pass_ = SegaPass(run.args, model, sampler, schedules, StepClock(name, second_order), hires=hires, texts=texts)
     pass_.low_vram = bool(getattr(shared.opts, "sega_low_vram", False))
     pass_.edit = edit.plan(p, run, sampler, hires)
     _hook_sampler(sampler, pass_, name)
@@ -266,10 +282,11 @@ def unsupported_reason(p, model) -> str | None:
     return None
 
 
-def concept_conds(p, run: SegaRun, model, hires: bool) -> list:
+def concept_conds(p, run: SegaRun, model, hires: bool) -> tuple[list, list | None]:
     """The concepts' cond schedules for this pass, made exactly as the host makes the
     prompt's (processing.get_conds_with_caching): the same function — whatever replaced
-    it, e.g. Prompt Fusion — with the same positional arguments."""
+    it, e.g. Prompt Fusion — with the same positional arguments; and, when a concept uses
+    a mask, the text of each schedule entry (where its words are)."""
     texts = [c.text for c in run.args.concepts]
     steps = getattr(p, "firstpass_steps", None) or p.steps
     hires_steps = None
@@ -287,7 +304,11 @@ def concept_conds(p, run: SegaRun, model, hires: bool) -> list:
             run.cond_cache.pop(next(iter(run.cond_cache)))
         batch = prompt_parser.SdConditioning(texts, width=width, height=height)
         run.cond_cache[key] = prompt_parser.get_learned_conditioning(model, batch, steps, hires_steps, old_timelines)
-    return run.cond_cache[key]
+    schedule_texts = None
+    if run.args.uses_masks:
+        schedule_texts = [[text for _, text in entries] for entries in prompt_parser.get_learned_conditioning_prompt_schedules(
+            texts, steps, hires_steps, old_timelines)]
+    return run.cond_cache[key], schedule_texts
 
 
 def _hook_sampler(sampler, pass_: SegaPass, name: str) -> None:
@@ -335,6 +356,9 @@ def on_cfg_denoiser(params) -> None:
         return
     try:
         record, widened = _plan_call(params, run, pass_, p)
+    except attention.MaskError as e:  # a model the masks cannot read: the reason is the message
+        run.fail(p, pass_, str(e))
+        return
     except Exception as e:
         run.fail(p, pass_, f"an error while adding its rows to the model call ({type(e).__name__}: {e})", e)
         return
@@ -347,6 +371,8 @@ def _plan_call(params, run: SegaRun, pass_: SegaPass, p):
     """This call's record (None: SEGA leaves the call alone) and, on the widened path,
     the host's x, sigma, image_cond and text_cond with the concept rows added."""
     denoiser = params.denoiser
+    if pass_.masks is not None:
+        pass_.masks.disarm()  # a call that died before its read-back left it armed
     if pass_.error:
         run.fail(p, pass_, pass_.error)
         return None, None
@@ -377,6 +403,8 @@ def _plan_call(params, run: SegaRun, pass_: SegaPass, p):
         pass_.separate = pass_.low_vram or conflict is not None
         if pass_.separate:
             pass_.attention_hooks = compat.hooked_attention(shared.sd_model)
+    if pass_.guidance.needs_attention(step):
+        _prepare_masks(pass_, record, denoiser.step)
     if pass_.separate:
         record.image_cond = params.image_cond[-batch:]
         # Padded like on the widened path, so that both paths make the same image.
@@ -395,13 +423,35 @@ def _follow_switch(p, run: SegaRun, pass_: SegaPass, denoiser) -> bool:
         run.fail(p, pass_, f"the refiner switched to a checkpoint SEGA cannot guide here: {reason}")
         return False
     try:
-        schedules = concept_conds(p, run, model, pass_.hires)
+        schedules, texts = concept_conds(p, run, model, pass_.hires)
     except Exception as e:
         run.fail(p, pass_, f"the concepts could not be encoded for the refiner ({type(e).__name__}: {e})", e)
         return False
+    if pass_.masks is not None:  # the hooks sit on the old model's layers: made anew at the next call
+        pass_.masks.remove()
+        pass_.masks = None
+    pass_.texts = texts
     if refiner.rebase(pass_, model, schedules):
         run.comment(p, "SEGA: the momentum restarted at the refiner switch (the refiner's latents are of another kind)")
     return True
+
+
+def _prepare_masks(pass_: SegaPass, record: CallRecord, call: int) -> None:
+    """The concepts' token columns for this call, and (widened path) the attention hooks
+    armed for the host's model call; the separate path arms them for its own call."""
+    if pass_.masks is None:
+        pass_.masks = attention.ConceptAttention(pass_.model, attention.hypernetwork_keys())
+    phase = tuple(_schedule_index(s, call) if len(t) == len(s) else None for s, t in zip(
+        pass_.schedules, pass_.texts, strict=True))
+    key = ("columns", phase, record.active, record.batch, record.x.device)
+    if key not in pass_.rows_cache:
+        pass_.rows_cache[key] = attention.token_columns(
+            attention.find_tokenizer(pass_.model), pass_.texts, phase, record.active, record.batch,
+            max(pass_.tokens), record.x.device)
+    record.mask_columns = pass_.rows_cache[key]
+    if not pass_.separate:
+        pass_.masks.arm(record.cond_rows, len(record.active) * record.batch, attention_grid(*record.x.shape[-2:]),
+                        record.mask_columns)
 
 
 def _concept_rows(pass_: SegaPass, active, batch: int, call: int, like, length: int | None):
@@ -527,6 +577,9 @@ def on_cfg_denoised(params) -> None:
         return
     try:
         _read_back(params, record)
+    except attention.MaskError as e:
+        _current.record = None
+        record.run.fail(record.p, record.pass_, str(e))
     except Exception as e:
         _current.record = None
         record.run.fail(
@@ -547,12 +600,20 @@ def _read_back(params, record: CallRecord) -> None:
         )
         return
     uncond = x_out[-b:]
+    grid = attention_grid(*x_out.shape[-2:])
     if separate:
+        if record.mask_columns is not None:
+            record.pass_.masks.arm(0, k * b, grid, record.mask_columns)
         concepts = _evaluate_separately(record, params.inner_model, x_out).reshape(k, b, *x_out.shape[1:])
     else:
         concepts = x_out[r : r + k * b].reshape(k, b, *x_out.shape[1:]) if k else None
+    maps = early = None
+    if record.mask_columns is not None:
+        maps = record.pass_.masks.collect(grid).view(k, b, *grid)
+        early = attention.early_rows(record.sigma, record.eps_space, getattr(record.pass_.model, "alphas_cumprod", None))
     uncond, concepts = spaces.noise_estimates(record.space, record.x, record.sigma, uncond, concepts)
-    record.term = record.pass_.guidance.step(record.step, uncond, concepts, inpaint.region(record.repaint, uncond))
+    record.term = record.pass_.guidance.step(
+        record.step, uncond, concepts, inpaint.region(record.repaint, uncond), attention=maps, early=early)
 
 
 def on_cfg_after_cfg(params) -> None:

@@ -68,7 +68,7 @@ def _collect(state: MapsState) -> None:
     maps = getattr(guidance, "maps", None)
     if maps is None:
         return  # the pass never started sampling, or its settings did not fit its steps
-    state.passes.append((batch, hires, maps.result()))
+    state.passes.append((batch, hires, maps.result(), maps.mask_result()))
 
 
 def postprocess(p, processed, font_factory=None, save=None) -> int:
@@ -106,22 +106,25 @@ def pictures_for(state: MapsState, processed, font_factory=None) -> list[tuple]:
     """(picture, caption, generated image index) for every image, in image order, each
     image's first-pass maps before its hires-pass maps."""
     first = int(getattr(processed, "index_of_first_image", 0) or 0)
-    several_passes = len({hires for _, hires, _ in state.passes}) > 1
+    several_passes = len({entry[1] for entry in state.passes}) > 1
     # One device-to-host copy per pass, after sampling.
-    per_pass = [(batch, hires, None if maps is None else maps.float().cpu().numpy()) for batch, hires, maps in state.passes]
+    per_pass = [(batch, hires, *(None if m is None else m.float().cpu().numpy() for m in (maps, *masks)))
+                for batch, hires, maps, *masks in state.passes]
     out = []
     images = processed.images
-    for batch in sorted({b for b, _, _ in per_pass}):
+    for batch in sorted({m[0] for m in per_pass}):
         for i in range(state.batch_size):
             index = batch * state.batch_size + i
             position = first + index
             if position >= len(images) or not hasattr(images[position], "size"):
                 continue  # the image is missing (interrupted) or not a picture
             image = images[position]
-            for _, hires, maps in sorted((m for m in per_pass if m[0] == batch), key=lambda m: m[1]):
+            for _, hires, maps, *masks in sorted((m for m in per_pass if m[0] == batch), key=lambda m: m[1]):
                 own = None if maps is None or i >= maps.shape[1] else maps[:, i]
+                mask = masks[0] if masks else None
+                own_mask = None if mask is None or i >= mask.shape[1] else mask[:, i]
                 name = "hires pass" if hires else ("first pass" if several_passes else "")
-                for picture, caption in render_maps(image, own, state.labels, name, font_factory):
+                for picture, caption in render_maps(image, own, state.labels, name, font_factory, own_mask):
                     out.append((picture, caption, index))
     return out
 

@@ -71,6 +71,8 @@ def setting_options() -> dict:
                                      {"minimum": f.minimum, "maximum": f.maximum, "step": f.step}, section=section)
         elif f.kind == "bool":
             info = shared.OptionInfo(f.default, label, gr.Checkbox, section=section)
+        elif f.kind == "choice":
+            info = shared.OptionInfo(f.default, label, gr.Radio, {"choices": list(f.choices)}, section=section)
         else:
             info = shared.OptionInfo(f.format(f.default), label, gr.Textbox, section=section)
         options[SETTING_PREFIX + f.name] = info

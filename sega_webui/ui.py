@@ -64,6 +64,8 @@ def build(tab: str, defaults: dict[str, Any] | None = None, max_concepts: int = 
                                        placeholder="never", elem_id=eid("cooldown"))
             c["momentum_scale"] = slider("momentum_scale")
             c["momentum_beta"] = slider("momentum_beta")
+        c["mask"] = gr.Radio(choices=list(BY_NAME["mask"].choices), value=ui_value["mask"], label=BY_NAME["mask"].label,
+                             elem_id=eid("mask"))
         tips = {f.name: tooltip(f.name) for f in FIELDS}
         gr.HTML(
             value=f'<script type="application/json" class="sega-tooltips" data-tab="{tab}">'

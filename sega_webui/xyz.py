@@ -75,16 +75,19 @@ def axes(axis_option_cls, max_concepts: int) -> list:
         add(f.label, float if f.kind == "float" else str, name)
     add(BY_NAME["hires"].label, str, "hires", choices=lambda: ["True", "False"])
     add(BY_NAME["invert"].label, str, "invert", choices=lambda: ["True", "False"])
+    add(BY_NAME["mask"].label, str, "mask", choices=lambda: list(BY_NAME["mask"].choices))
     for k in range(1, max_concepts + 1):
         for key in CONCEPT_KEYS:
             f = BY_NAME[key]
             type_ = float if f.kind == "float" else str
+            extra = {"choices": lambda f=f: list(f.choices)} if f.choices else {}
             out.append(
                 axis_option_cls(
                     f"{PREFIX}Concept {k} {f.label.lower()}",
                     type_,
                     _concept_apply(k, key),
                     confirm=_check(lambda v, key=key: {("concept", 1, key): v}),
+                    **extra,
                 )
             )
     return out

@@ -16,11 +16,17 @@ _models: dict[str, tiny_models.TinyLDM] = {}
 
 
 def model(kind: str = "sd1") -> tiny_models.TinyLDM:
-    """kind: "sd1", "sdxl", "v", "inpaint", or "sd3" / "sd3-t5" (SD3 without or with T5)."""
+    """kind: "sd1", "sdxl", "v", "inpaint", or "sd3" / "sd3-t5" (SD3 without or with T5);
+    "<kind>+attn": with cross-attention on the latent/4 grid and the WebUI's tokenizer face
+    (the masks need both); "quadrant": `QuadrantLDM`."""
     if kind not in _models:
         if kind.startswith("sd3"):
             with t5_option(kind == "sd3-t5"):
                 _models[kind] = tiny_models.TinySD3()
+        elif kind == "quadrant":
+            _models[kind] = tiny_models.QuadrantLDM()
+        elif kind.endswith("+attn"):
+            _models[kind] = tiny_models.attention_ldm(kind[: -len("+attn")])
         else:
             _models[kind] = tiny_models.TinyLDM(kind)
     return _models[kind]

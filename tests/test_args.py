@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sega.args import SegaArgs
-from sega.concepts import Concept
+from sega.concepts import Concept, parse_concepts
 from sega.errors import SegaInputError
 from sega.fields import FIELDS
 from sega.steps import Steps
@@ -30,12 +30,13 @@ def test_ui_positional_values():
     assert (a.momentum_scale, a.momentum_beta, a.hires) == (0.0, 0.5, False)
     # Ten values, as clients sent them before the maps option: it takes its default.
     assert a.ui_values() == [True, "smile\n-glasses :: scale=3", 6.0, 0.9, "3", "80%", 1.5, 0.0, 0.5, False,
-                             *UI_DEFAULTS[10:]]
+                             *UI_DEFAULTS[len(values):]]
 
 
 def test_invert_is_the_position_after_show_maps_and_written_only_when_on():
     names = [f.name for f in FIELDS]
     assert names.index("invert") == names.index("show_maps") + 1 == 11
+    assert names.index("mask") == 12  # the masks came after inversion
     on = SegaArgs.from_values([True, "smile", *UI_DEFAULTS[2:11], True])
     assert on.invert and SegaArgs.from_values(on.ui_values()) == on
     assert on.to_infotext()["SEGA invert"] == "True"
@@ -50,9 +51,10 @@ def test_invert_is_the_position_after_show_maps_and_written_only_when_on():
         SegaArgs.from_named({"invert": "yes please"})
 
 
-def test_show_maps_keeps_its_position_and_is_never_written():
-    a = SegaArgs.from_values([True, "smile", *UI_DEFAULTS[2:10], True])
-    assert FIELDS[10].name == "show_maps" and a.show_maps and a.active
+def test_show_maps_comes_after_the_first_ten_positions_and_is_never_written():
+    names = [f.name for f in FIELDS]
+    a = SegaArgs.from_values([True, "smile", *UI_DEFAULTS[2:names.index("show_maps")], True])
+    assert names.index("show_maps") == 10 and a.show_maps and a.active
     assert SegaArgs.from_values(a.ui_values()) == a
     assert "show" not in " ".join(a.to_infotext()).lower()
     assert SegaArgs.from_infotext(a.to_infotext()) == a.with_values(enabled=True, show_maps=False)
@@ -108,7 +110,8 @@ def test_disabled_or_empty_is_inactive():
         ([True, "x :: scle=2"], "SEGA concepts: line 1 (x :: scle=2): unknown key 'scle' — did you mean 'scale'?"),
         ([True, 5], "SEGA concepts: must be text or a list of concepts, got the number 5"),
         ([True, "x" * 20001], "SEGA concepts: is 20001 characters long; the limit is 20000"),
-        ([True, "x"] + [0] * (len(FIELDS) - 1), f"SEGA args: takes at most {len(FIELDS)} positional values, got {len(FIELDS) + 1}"),
+        ([True, "x"] + [0] * (len(FIELDS) - 1),
+         f"SEGA args: takes at most {len(FIELDS)} positional values, got {len(FIELDS) + 1}"),
         ([{"momentum": 1}], "SEGA momentum: is not a SEGA setting — did you mean 'momentum_scale'?"),
         ([{"colour": 1}], f"SEGA colour: is not a SEGA setting (known: {', '.join(f.name for f in FIELDS)})"),
         ([{"concepts": [{"prompt": "a", "scal": 3}]}], "SEGA concepts[1].scal: is not a concept setting — did you mean 'scale'?"),
@@ -181,3 +184,25 @@ def test_infotext_is_compact_and_absent_when_off():
     b = a.with_values(threshold=0.9, hires=False)
     assert b.to_infotext() == {"SEGA concepts": "smile", "SEGA threshold": "0.9", "SEGA hires": "False"}
     assert SegaArgs.from_infotext({"Steps": "20"}) is None
+
+
+def test_mask_by_name_position_concept_object_and_concept_line():
+    names = [f.name for f in FIELDS]
+    values = list(UI_DEFAULTS)
+    values[:2] = [True, "smile\n-glasses :: mask=attention"]
+    values[names.index("mask")] = "Intersect"
+    a = SegaArgs.from_values(values)
+    assert a.mask == "intersect" and a.concepts[1].mask == "attention" and a.uses_masks
+    assert [c.mask for c in a.concept_guidance(10)] == ["intersect", "attention"]
+    assert a.to_infotext()["SEGA mask"] == "intersect"
+    assert SegaArgs.from_infotext(a.to_infotext()) == a
+    assert "SEGA mask" not in a.with_values(mask="threshold").to_infotext()
+    named = SegaArgs.from_values([{"concepts": [{"prompt": "smile", "mask": "attention"}]}])
+    assert named.concepts[0].mask == "attention" and named.mask == "threshold"
+    assert not SegaArgs.from_values([True, "smile"]).uses_masks
+    with pytest.raises(SegaInputError) as e:
+        SegaArgs.from_values([{"concepts": "smile", "mask": "soft"}])
+    assert (e.value.field, e.value.problem) == ("mask", "must be one of threshold, attention, intersect, got 'soft'")
+    with pytest.raises(SegaInputError, match=r"concepts\[1\]\.mask: must be one of"):
+        SegaArgs.from_values([{"concepts": [{"prompt": "smile", "mask": 3}]}])
+    assert "mask must be one of" in parse_concepts("smile :: mask=both").errors[0].problem

@@ -62,7 +62,7 @@ def test_double_colon_inside_the_prompt_round_trips():
     "line, message",
     [
         ("x :: scle=5", "line 1 (x :: scle=5): unknown key 'scle' — did you mean 'scale'?"),
-        ("x :: foo=5", "line 1 (x :: foo=5): unknown key 'foo' (known: scale, threshold, warmup, cooldown, weight)"),
+        ("x :: foo=5", "line 1 (x :: foo=5): unknown key 'foo' (known: scale, threshold, warmup, cooldown, weight, mask)"),
         ("x :: scale=100", "line 1 (x :: scale=100): scale must be between 0 and 30, got 100"),
         ("x :: threshold=7", "line 1 (x :: threshold=7): threshold must be between 0 and 1, got 7"),
         ("x :: threshold=-0.5", "line 1 (x :: threshold=-0.5): threshold cannot be negative, got -0.5"),

@@ -408,3 +408,21 @@ def test_an_edit_adds_no_device_to_host_copy_in_segas_callbacks(host):
         run(host, "smile\n-glasses", batch_size=2, seed=11)  # inverts: SEGA's callbacks stay out
     assert cached["sega"] == 0 and first["sega"] == 0
     assert cached["all"] > 0  # the counter does count (the host's own conversions)
+
+
+@pytest.mark.parametrize("mask", ["attention", "intersect"])
+def test_implicit_masks_work_in_edit_mode(host, mask):
+    # a 16 × 16 latent: the masks read the cross-attention on the latent/4 grid
+    size = dict(kind="sd1+attn", width=128, height=128, init_images=init_latent(128, 128, images=2), batch_size=2)
+    remade = run(host, **size)
+    x0 = remade.p.init_latent
+    assert (remade.images - x0).abs().max() < 1e-4
+    values = sega_values(concepts=f"smile :: mask={mask}", invert=True, warmup="0")
+    kwargs = dict(img2img=True, sampler_name="Euler a", steps=STEPS, denoising_strength=0.75, **size)
+    edited = host.generate(values, **kwargs)
+    assert host.reported == [] and not edited.comments, edited.comments
+    assert edited.extra_generation_params["SEGA concepts"] == f"smile :: mask={mask}"
+    assert (edited.images - x0).abs().max() > 1e-3
+    assert torch.equal(host.generate(values, **kwargs).images, edited.images)
+    threshold = host.generate(sega_values(concepts="smile", invert=True, warmup="0"), **kwargs)
+    assert not torch.equal(threshold.images, edited.images)

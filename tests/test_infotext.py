@@ -65,6 +65,7 @@ _concept = st.builds(
     scale=st.none() | st.floats(0, 30, allow_nan=False),
     threshold=st.none() | st.floats(0, 1, allow_nan=False),
     weight=st.none() | st.floats(0, 10, allow_nan=False),
+    mask=st.none() | st.sampled_from(["threshold", "attention", "intersect"]),
 )
 
 
@@ -81,6 +82,7 @@ def sega_args(draw):
         momentum_scale=draw(st.floats(0, 2, allow_nan=False)),
         momentum_beta=draw(st.floats(0, 1, allow_nan=False)),
         hires=draw(st.booleans()),
+        mask=draw(st.sampled_from(["threshold", "attention", "intersect"])),
     )
     args.check_order()
     return args

@@ -8,6 +8,8 @@ import types
 
 import pytest
 
+from sega.fields import FIELDS
+
 pytest.importorskip("gradio")
 import webui  # noqa: E402
 
@@ -15,7 +17,6 @@ W = webui.load()
 from modules import script_callbacks, scripts, shared, ui  # noqa: E402
 from modules.api import api  # noqa: E402
 
-from sega.fields import FIELDS  # noqa: E402
 from sega_webui import xyz  # noqa: E402
 
 XYZ = webui.STUB / "scripts" / "xyz_grid.py"

@@ -29,8 +29,12 @@ def test_gradio_is_the_webui_version():
 def test_components_follow_the_args_order_with_stable_ids(built):
     demo, components, _, _ = built
     assert [c.elem_id for c in components] == [f"sega_txt2img_{f.name}" for f in FIELDS]
-    kinds = [type(c).__name__ for c in components]
-    assert kinds == ["Checkbox", "Textbox", "Slider", "Slider", "Textbox", "Textbox", "Slider", "Slider", "Slider", "Checkbox", "Checkbox", "Checkbox"]
+    kinds = {f.name: type(c).__name__ for c, f in zip(components, FIELDS, strict=True)}
+    expected = {"bool": "Checkbox", "text": "Textbox", "float": "Slider", "steps": "Textbox", "optional_steps": "Textbox",
+                "choice": "Radio"}
+    assert kinds == {f.name: expected[f.kind] for f in FIELDS}
+    choices = components[[f.name for f in FIELDS].index("mask")].choices  # gradio keeps (label, value) pairs
+    assert [value for _, value in choices] == ["threshold", "attention", "intersect"]
     for c, f in zip(components, FIELDS, strict=True):
         assert c.label and f.label in c.label  # /sdapi/v1/script-info shows these labels
         if f.kind == "float":
@@ -44,6 +48,7 @@ def test_defaults_come_from_settings_or_the_table(built):
         "enabled": False, "concepts": "", "scale": 6.5, "threshold": 0.95, "warmup": "3", "cooldown": "",
         "weight": 1.0, "momentum_scale": 0.3, "momentum_beta": 0.6, "hires": True, "show_maps": False,
         "invert": False,
+        "mask": "threshold",
     }
 
 

@@ -31,10 +31,10 @@ def axes():
     return {a.label: a for a in xyz.axes(AxisOption, 4)}
 
 
-def run_cell(host, axis, value, values, base_values=None, **p_kwargs):
+def run_cell(host, axis, value, values, base_values=None, kind="sd1", **p_kwargs):
     """One grid cell: copy p, apply the axis, process_images."""
     w = host.w
-    w.shared.sd_model = __import__("host_harness").model("sd1")
+    w.shared.sd_model = __import__("host_harness").model(kind)
     runner = w.scripts.ScriptRunner([(host.script, len(base_values or sega_values()))])
     p = w.processing.StableDiffusionProcessingTxt2Img(
         prompt="a photo of a face", steps=6, script_args=[None] + (base_values or sega_values()), scripts=runner,
@@ -49,10 +49,10 @@ def run_cell(host, axis, value, values, base_values=None, **p_kwargs):
     return result
 
 
-def reproduce(host, result):
+def reproduce(host, result, **kwargs):
     args = SegaArgs.from_infotext(result.extra_generation_params)
     values = args.ui_values() if args is not None else sega_values(enabled=False)
-    return host.generate(values, prompt="a photo of a face", steps=6).images
+    return host.generate(values, prompt="a photo of a face", steps=6, **kwargs).images
 
 
 CASES = [
@@ -151,3 +151,21 @@ def test_invert_axis_edits_the_input_image_per_cell(host, axes):
     assert cells["True"].extra_generation_params["SEGA invert"] == "True"
     assert (cells["False"].images - init).abs().max() > 1.0  # no run at all without concepts
     assert "SEGA invert" not in cells["False"].extra_generation_params
+
+
+@pytest.mark.parametrize("label, key", [("[SEGA] Mask", "SEGA mask"), ("[SEGA] Concept 1 mask", "SEGA concepts")])
+def test_mask_axes(host, axes, label, key):
+    axis = axes[label]
+    assert axis.choices() == ["threshold", "attention", "intersect"]
+    base = sega_values("smile\n-glasses", warmup="1")
+    size = dict(width=128, height=128)  # the model's latent/4 grid needs a 16 × 16 latent for 4 × 4
+    images = []
+    for value in ("attention", "intersect"):
+        result = run_cell(host, axis, value, ["attention", "intersect"], base, kind="sd1+attn", **size)
+        assert host.reported == [] and not any(c.startswith("SEGA") for c in result.comments), result.comments
+        assert value in result.extra_generation_params[key]
+        assert torch.equal(reproduce(host, result, kind="sd1+attn", **size), result.images)
+        images.append(result.images)
+    assert not torch.equal(images[0], images[1])
+    with pytest.raises(RuntimeError, match="mask: must be one of threshold, attention, intersect, got 'soft'"):
+        axis.confirm(None, ["attention", "soft"])

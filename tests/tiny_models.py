@@ -239,3 +239,198 @@ class TinySD3(TinyLDM):
 
     def add_noise_to_latent(self, x, noise, amount):
         return x * (1 - amount) + noise * amount
+
+
+# ---- the WebUI's tokenizer face and attention at latent/4 (implicit masks) -------------------
+
+
+class _Chunk:
+    def __init__(self, tokens):
+        self.tokens = tokens
+
+
+class StandInTokenizer:
+    """The part of the WebUI's FrozenCLIPEmbedderWithCustomWords that the masks read:
+    `tokenize_line(text)` → (chunks of [start, 75 tokens padded with end, end], token count)
+    and `id_end`, over TinyLDM's own chunking (so tokens sit where its conds put them)."""
+
+    id_start, id_end = 0, 1
+
+    def __init__(self, ldm):
+        self._chunks = ldm._chunks
+
+    def tokenize_line(self, line):
+        chunks = self._chunks(line)
+        return [_Chunk([0, *c] + [1] * (76 - len(c))) for c in chunks], sum(len(c) for c in chunks)
+
+
+def quarter_unet(seed: int = 0, in_channels: int = 4, **extra):
+    """A diffusers UNet whose cross-attention sits on the latent/4 grid (two downsamplings
+    first), in a down block, the middle block (same grid, as in SDXL) and an up block."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        sample_size=16,
+        in_channels=in_channels,
+        out_channels=4,
+        block_out_channels=(16, 16, 32),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=4,
+        norm_num_groups=8,
+        **extra,
+    ).eval()
+
+
+def attention_ldm(kind: str = "sd1", seed: int = 0) -> TinyLDM:
+    """TinyLDM with `quarter_unet` and the WebUI's tokenizer face: SD 1.x keeps it on
+    `cond_stage_model`, SDXL on the conditioner's first embedder."""
+    from types import SimpleNamespace
+
+    extra = {}
+    if kind == "sdxl":
+        extra = dict(class_embed_type="projection", projection_class_embeddings_input_dim=TinyLDM.VECTOR)
+    if kind == "inpaint":
+        extra = dict(in_channels=9)
+    ldm = TinyLDM(kind, seed=seed, unet_model=quarter_unet(seed=seed + 2, **extra))
+    tokenizer = StandInTokenizer(ldm)
+    ldm.cond_stage_model = SimpleNamespace(embedders=[tokenizer]) if kind == "sdxl" else tokenizer
+    return ldm
+
+
+class LdmCrossAttention(torch.nn.Module):
+    """Stand-in of ldm's (and sgm's) CrossAttention: to_q/to_k/to_v/to_out, heads, scale and
+    forward(x, context=None, mask=None). The WebUI's attention optimisations replace
+    `forward` on this class; `OPTIMISATIONS` are three of them in miniature."""
+
+    def __init__(self, query_dim, context_dim, heads=2, dim_head=8):
+        super().__init__()
+        inner = heads * dim_head
+        self.heads, self.scale = heads, dim_head**-0.5
+        self.to_q = torch.nn.Linear(query_dim, inner, bias=False)
+        self.to_k = torch.nn.Linear(context_dim, inner, bias=False)
+        self.to_v = torch.nn.Linear(context_dim, inner, bias=False)
+        self.to_out = torch.nn.Sequential(torch.nn.Linear(inner, query_dim), torch.nn.Dropout(0.0))
+
+    def forward(self, x, context=None, mask=None):
+        return plain_forward(self, x, context, mask)
+
+
+def _heads(t, h):
+    return t.view(t.shape[0], t.shape[1], h, -1).transpose(1, 2)
+
+
+def _merge(t):
+    return t.transpose(1, 2).reshape(t.shape[0], t.shape[2], -1)
+
+
+def plain_forward(self, x, context=None, mask=None):
+    """ldm's own: the probabilities materialised (and kept, for the tests, in `last_probs`)."""
+    context = x if context is None else context
+    q, k, v = (_heads(t, self.heads) for t in (self.to_q(x), self.to_k(context), self.to_v(context)))
+    probs = (q @ k.transpose(-1, -2) * self.scale).softmax(-1)
+    self.last_probs = probs
+    return self.to_out(_merge(probs @ v))
+
+
+def sdp_forward(self, x, context=None, mask=None):
+    """Like the WebUI's sdp: torch's fused attention, no probabilities."""
+    context = x if context is None else context
+    q, k, v = (_heads(t, self.heads) for t in (self.to_q(x), self.to_k(context), self.to_v(context)))
+    return self.to_out(_merge(torch.nn.functional.scaled_dot_product_attention(q, k, v)))
+
+
+def split_forward(self, x, context=None, mask=None):
+    """Like the WebUI's split (Doggettx) and sub-quadratic ones: queries in slices."""
+    context = x if context is None else context
+    q, k, v = (_heads(t, self.heads) for t in (self.to_q(x), self.to_k(context), self.to_v(context)))
+    out = torch.cat([(s @ k.transpose(-1, -2) * self.scale).softmax(-1) @ v for s in q.split(3, dim=2)], dim=2)
+    return self.to_out(_merge(out))
+
+
+OPTIMISATIONS = {"plain": plain_forward, "sdp": sdp_forward, "split": split_forward}
+
+
+class _Block(torch.nn.Module):
+    def __init__(self, dim, context_dim):
+        super().__init__()
+        self.attn2 = LdmCrossAttention(dim, context_dim)
+
+
+class QuadrantUNet(torch.nn.Module):
+    """An ldm-named UNet in miniature whose concept words are attended to in one quadrant.
+
+    Each latent/4 cell's output depends only on its own 4 × 4 latent block and on the
+    context through cross-attention, so a change in one block stays in that block. Token
+    embeddings carry a flag (channel 0: 1 for a word, 0 for start/end/padding, see
+    `QuadrantLDM`); the down block's queries look for that flag only in the top-left
+    quadrant, so there the words take almost all attention and elsewhere none stands out.
+    The up block's queries are zero (uniform attention everywhere); the middle block looks
+    for the words in the opposite quadrant — it must not count (LEDITS++ leaves it out)."""
+
+    def __init__(self, context_dim=32, dim=16, grid=4, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.grid = grid
+        self.proj_in = torch.nn.Linear(4, dim)
+        self.input_blocks = torch.nn.ModuleList([_Block(dim, context_dim)])
+        self.middle_block = _Block(dim, context_dim)
+        self.output_blocks = torch.nn.ModuleList([_Block(dim, context_dim)])
+        self.proj_out = torch.nn.Linear(dim, 4)
+        pos = torch.zeros(grid, grid, dim)
+        pos[: grid // 2, : grid // 2, 0] = 1.0  # the quadrant
+        pos[grid // 2 :, grid // 2 :, 1] = 1.0  # the opposite one, for the middle block
+        self.register_buffer("pos", pos.view(grid * grid, dim))
+        with torch.no_grad():
+            self.proj_in.weight[:2] = 0.0
+            self.proj_in.bias[:2] = 0.0
+            for block, channel in ((self.input_blocks[0], 0), (self.middle_block, 1)):
+                attn = block.attn2
+                attn.to_q.weight.zero_()
+                attn.to_k.weight.zero_()
+                attn.to_q.weight[:, channel] = 8.0
+                attn.to_k.weight[:, 0] = 8.0
+            self.output_blocks[0].attn2.to_q.weight.zero_()
+
+    @property
+    def dtype(self):
+        return self.proj_in.weight.dtype
+
+    def forward(self, sample, timestep, encoder_hidden_states=None, class_labels=None):
+        from types import SimpleNamespace
+
+        n, _, h, w = sample.shape
+        pooled = torch.nn.functional.avg_pool2d(sample, 4)
+        hidden = self.proj_in(pooled.flatten(2).transpose(1, 2)) + self.pos
+        context = encoder_hidden_states
+        a = self.input_blocks[0].attn2(hidden, context=context)
+        m = self.middle_block.attn2(hidden + a, context=context)
+        o = self.output_blocks[0].attn2(hidden + a + m, context=context)
+        out = self.proj_out(a + m + o).transpose(1, 2).reshape(n, 4, h // 4, w // 4)
+        return SimpleNamespace(sample=0.1 * sample + torch.nn.functional.interpolate(out, scale_factor=4.0))
+
+
+class QuadrantLDM(TinyLDM):
+    """TinyLDM over `QuadrantUNet`, with token embeddings from a fixed table whose channel 0
+    flags words (1) against start, end and padding tokens (0). Latents must be 16 × 16."""
+
+    def __init__(self, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        table = torch.randn(1000, 32, generator=g) * 0.5
+        table[:, 0] = 1.0
+        table[:2, 0] = 0.0
+        self._table = table
+        super().__init__("sd1", seed=seed, unet_model=QuadrantUNet(seed=seed))
+        self.cond_stage_model = StandInTokenizer(self)
+
+    def _encode_chunks(self, chunk_lists):
+        n = max(len(c) for c in chunk_lists)
+        rows = []
+        for chunks in chunk_lists:
+            chunks = list(chunks) + [[]] * (n - len(chunks))
+            ids = torch.tensor([[0] + c + [1] * (76 - len(c)) for c in chunks])
+            rows.append(self._table[ids].reshape(1, -1, 32))
+        return torch.cat(rows)

@@ -1,0 +1,246 @@
+"""The concept rows' cross-attention inside the WebUI's model call, for LEDITS++'s M¹
+(sega/masks.py). Plain torch; the host hands in its model and tokenizer.
+
+Layers. The UNet's cross-attention layers (`attn2`) whose query grid is the latent/4 grid,
+in the down and up blocks, not the middle block — as diffusers' LEDITS++ takes them:
+SD 1.x/2.x at 512²: input blocks 7–8 and output blocks 3–5 (16 × 16, 5 layers); SDXL at
+1024²: input blocks 7–8 and output blocks 0–2 (32 × 32, 10 transformer blocks each, 50
+layers; its middle block sits on the same grid and is left out, as the pipeline's
+`from_where=["up", "down"]` leaves it out).
+
+Recomputing. The WebUI's optimised attention (sdp, xformers, sub-quadratic, split,
+InvokeAI — all set as `forward` on the CrossAttention class) never forms the attention
+probabilities. A forward hook (`register_forward_hook`, which leaves `forward` alone, so
+compat.py does not take it for another extension's) reads the layer's input and context
+and recomputes softmax(q·kᵀ·scale) with the layer's own `to_q`/`to_k` for the concept rows
+only, in float32, summed over heads and over each concept's own token columns; the
+prompt's rows are never touched. A model call may be cut into several (the host's chunked
+evaluation, or SEGA's own separate call), so each layer counts the rows it has seen to
+know which of them are concept rows.
+
+The hooks are put on once per pass, armed for one model call at a time, and taken off at
+the end of the pass, batch or generation and when SEGA stops; hooks left behind by a
+generation that died are found by their mark and removed before new ones go on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+HOOK_MARK = "_sega_concept_attention"
+CHUNK = 77  # tokens per chunk of the WebUI's conds: start, 75 tokens, end
+EARLY_TIMESTEP = 800
+
+
+class MaskError(RuntimeError):
+    """The model cannot give the masks what they need; the message says what, for the user."""
+
+
+def attention_layers(model) -> list[tuple[str, torch.nn.Module]]:
+    """(name, module) of the cross-attention layers of the down and up blocks."""
+    root = getattr(getattr(model, "model", None), "diffusion_model", None) or model
+    out = []
+    for name, module in root.named_modules():
+        parts = name.split(".")
+        if parts[-1] != "attn2" or "middle_block" in parts or "mid_block" in parts:
+            continue
+        if all(hasattr(module, a) for a in ("to_q", "to_k", "heads", "scale")):
+            out.append((name, module))
+    return out
+
+
+def remove_stale_hooks(module: torch.nn.Module) -> None:
+    for key, hook in list(module._forward_hooks.items()):
+        if getattr(hook, HOOK_MARK, False):
+            del module._forward_hooks[key]
+            getattr(module, "_forward_hooks_with_kwargs", {}).pop(key, None)
+
+
+def token_positions(tokenizer, text: str) -> list[int]:
+    """Columns of `text`'s own tokens in its cond (no start, end or padding tokens), from
+    the WebUI's `tokenize_line`: each chunk is [start, tokens…, end-padding…, end]."""
+    chunks, _ = tokenizer.tokenize_line(text)
+    end = getattr(tokenizer, "id_end", None)
+    positions = []
+    for c, chunk in enumerate(chunks):
+        inner = list(chunk.tokens[1:-1])
+        count = len(inner)
+        while count and end is not None and inner[count - 1] == end:
+            count -= 1
+        positions.extend(c * len(chunk.tokens) + 1 + i for i in range(count))
+    return positions
+
+
+def find_tokenizer(model):
+    """The object with the WebUI's `tokenize_line`: the cond stage model (SD 1.x/2.x) or,
+    for SDXL's conditioner, its first text embedder that has one."""
+    cond_stage = getattr(model, "cond_stage_model", None)
+    if hasattr(cond_stage, "tokenize_line"):
+        return cond_stage
+    for embedder in getattr(cond_stage, "embedders", None) or ():
+        if hasattr(embedder, "tokenize_line"):
+            return embedder
+    raise MaskError("the mask needs the WebUI's tokenizer (tokenize_line) to find the concepts' words, "
+                    "and this model has none")
+
+
+def hypernetwork_keys():
+    """The WebUI's hypernetworks change the context that `to_k` sees; the same change here,
+    or None when none is loaded (or outside the WebUI)."""
+    try:
+        from modules import shared
+        from modules.hypernetworks import hypernetwork
+    except ImportError:
+        return None
+    loaded = getattr(shared, "loaded_hypernetworks", None)
+    if not loaded:
+        return None
+    return lambda context: hypernetwork.apply_hypernetworks(loaded, context)[0]
+
+
+@dataclass
+class _Call:
+    """One armed model call: which of the rows the layers see are concept rows."""
+
+    start: int
+    rows: int
+    positions: int  # h·w of the latent/4 grid
+    columns: torch.Tensor  # [rows, L] float32: 1 at each row's own token columns
+    seen: dict = field(default_factory=dict)  # layer → rows seen so far
+    heads: dict = field(default_factory=dict)  # layer → its head count, once it saw concept rows
+    covered: dict = field(default_factory=dict)  # layer → concept rows it saw
+    total: torch.Tensor | None = None  # [rows, h·w]
+    by_length: dict = field(default_factory=dict)
+
+    def columns_for(self, length: int) -> torch.Tensor:
+        """The token columns for a context of `length` tokens: ControlNet's mark token in
+        front (length ≡ 1 mod 77, when the UNet still sees it), padding chunks behind."""
+        cached = self.by_length.get(length)
+        if cached is None:
+            lead = length % CHUNK if length % CHUNK in (0, 1) else 0
+            base = self.columns[:, : max(0, length - lead)]
+            cached = torch.nn.functional.pad(base, (lead, length - lead - base.shape[1]))
+            self.by_length[length] = cached
+        return cached
+
+
+class ConceptAttention:
+    """One pass's hooks on the latent/4 cross-attention layers of a model."""
+
+    def __init__(self, model, key_context=None):
+        self.layers = attention_layers(model)
+        self.key_context = key_context
+        self.handles: list = []
+        self.call: _Call | None = None
+
+    def install(self) -> None:
+        if self.handles:
+            return
+
+        def hook(module, args, kwargs, output):
+            if self.call is not None:
+                self._observe(module, args, kwargs)
+
+        setattr(hook, HOOK_MARK, True)
+        for _, module in self.layers:
+            remove_stale_hooks(module)
+            self.handles.append(module.register_forward_hook(hook, with_kwargs=True))
+
+    def remove(self) -> None:
+        self.call = None
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+    def arm(self, start: int, rows: int, grid: tuple[int, int], columns: torch.Tensor) -> None:
+        """Watch the next model call(s): concept rows are rows start … start+rows−1 of the
+        rows the layers see from now on; `columns` [rows, L] their token columns."""
+        self.install()
+        self.call = _Call(start, rows, grid[0] * grid[1], columns)
+
+    def disarm(self) -> None:
+        self.call = None
+
+    def collect(self, grid: tuple[int, int]) -> torch.Tensor:
+        """The armed call's maps [rows, h, w]: attention to each row's own tokens, averaged
+        over the heads of every layer on the grid."""
+        call, self.call = self.call, None
+        if call is None or not call.heads:
+            raise MaskError(
+                f"the mask needs the UNet's cross-attention layers on the {grid[0]}×{grid[1]} grid (latent/4), "
+                "and none saw the concept rows (does another extension tile the latent or replace the UNet?)"
+            )
+        short = [n for n, m in self.layers if m in call.covered and call.covered[m] != call.rows]
+        if short:
+            raise MaskError(f"layer {short[0]} saw {call.covered[dict(self.layers)[short[0]]]} of {call.rows} concept rows")
+        return (call.total / float(sum(call.heads.values()))).view(call.rows, *grid)
+
+    def _observe(self, module, args, kwargs) -> None:
+        call = self.call
+        x = args[0] if args else kwargs.get("x", kwargs.get("hidden_states"))
+        context = kwargs.get("context", kwargs.get("encoder_hidden_states"))
+        if context is None and len(args) > 1:
+            context = args[1]
+        if x is None or context is None:
+            return
+        offset = call.seen.get(module, 0)
+        call.seen[module] = offset + x.shape[0]
+        if x.shape[1] != call.positions:
+            return
+        lo, hi = max(offset, call.start), min(offset + x.shape[0], call.start + call.rows)
+        if lo >= hi:
+            return
+        rows = slice(lo - offset, hi - offset)
+        with torch.no_grad():
+            summed = concept_attention(module, x[rows], context[rows], call.columns_for(context.shape[1])[
+                lo - call.start : hi - call.start], self.key_context)
+        if call.total is None:
+            call.total = summed.new_zeros((call.rows, call.positions))
+        call.total[lo - call.start : hi - call.start] += summed
+        call.heads[module] = module.heads
+        call.covered[module] = call.covered.get(module, 0) + hi - lo
+
+
+def concept_attention(module, x, context, columns, key_context=None) -> torch.Tensor:
+    """softmax(q·kᵀ·scale) of `module` for these rows, summed over heads and over the
+    token columns weighted by `columns` [rows, T]: [rows, queries], float32."""
+    norm_cross = getattr(module, "norm_cross", None)
+    if norm_cross:  # diffusers' Attention may normalise the context first
+        context = module.norm_encoder_hidden_states(context)
+    keys_from = key_context(context) if key_context is not None else context
+    q = module.to_q(x)
+    k = module.to_k(keys_from)
+    rows, queries, inner = q.shape
+    heads = module.heads
+    q = q.view(rows, queries, heads, inner // heads).transpose(1, 2).float()
+    k = k.view(rows, k.shape[1], heads, inner // heads).transpose(1, 2).float()
+    probs = torch.matmul(q, k.transpose(-1, -2)).mul_(float(module.scale)).softmax(dim=-1)
+    return torch.einsum("rhqt,rt->rq", probs, columns.to(probs.device, torch.float32))
+
+
+def early_rows(sigma: torch.Tensor, eps_space: bool, alphas_cumprod: torch.Tensor | None) -> torch.Tensor | None:
+    """[B] bool: rows above timestep 800 of 1000, where LEDITS++'s "intersect" uses M¹
+    alone. `sigma` is the timestep on the ε path, else k-diffusion's σ, compared with the
+    σ of timestep 800 from the model's schedule. Stays on the device."""
+    if eps_space:
+        return sigma > EARLY_TIMESTEP
+    if alphas_cumprod is None or alphas_cumprod.shape[0] <= EARLY_TIMESTEP:
+        return None
+    a = alphas_cumprod[EARLY_TIMESTEP].to(device=sigma.device, dtype=torch.float32)
+    return sigma.to(torch.float32) > ((1 - a) / a).sqrt()
+
+
+def token_columns(tokenizer, texts, phase, active, batch: int, length: int, device) -> torch.Tensor:
+    """[K·B, length] float32 (concept-major, B rows each): 1 at each active concept's own
+    token columns. `phase[i]`: the schedule entry concept i is in, or None when its texts
+    do not line up with its entries (another extension made the schedule), then the
+    columns of any of its texts."""
+    out = torch.zeros((len(active), length))
+    for row, i in enumerate(active):
+        chosen = texts[i] if phase[i] is None else [texts[i][phase[i]]]
+        for text in chosen:
+            columns = [c for c in token_positions(tokenizer, text) if c < length]
+            out[row, columns] = 1.0
+    return out.repeat_interleave(batch, dim=0).to(device)
