@@ -9,6 +9,7 @@ import pytest
 import torch
 import webui
 from host_harness import Host, init_latent, sega_values
+from test_img2img import KEEP, MASK
 
 from sega.inversion import sampler_names
 
@@ -17,9 +18,6 @@ import sega_webui.edit as edit  # noqa: E402  (after the stand-in's modules are 
 
 STEPS = 8
 EDIT_SAMPLERS = sampler_names()
-MASK = torch.zeros(8, 8)
-MASK[:, :4] = 1
-KEEP = MASK == 0
 
 
 @pytest.fixture(scope="module")
