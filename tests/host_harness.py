@@ -40,6 +40,8 @@ def checkpoint(title: str, kind: str = "sd1", seed: int = 0) -> str:
     def build():
         if kind.startswith("sd3"):
             return tiny_models.TinySD3(seed=seed)
+        if kind.endswith("+attn"):
+            return tiny_models.attention_ldm(kind[: -len("+attn")], seed=seed)
         return tiny_models.TinyLDM(kind, seed=seed)
 
     return sd_models.register(sd_models.CheckpointInfo(title, build, kind)).title

@@ -262,3 +262,21 @@ def test_concepts_that_cannot_be_encoded_for_the_refiner_stop_sega_and_say_so(ho
     reason = baseline_after.extra_generation_params["SEGA stopped"]
     assert reason == "the concepts could not be encoded for the refiner (RuntimeError: no such embedding)"
     assert "SEGA concepts" in baseline_after.extra_generation_params  # it acted before the switch
+
+
+@pytest.mark.parametrize("limit", [1, 2], ids=["same object", "own object"])
+def test_implicit_masks_go_on_with_the_refiners_layers(host, limit):
+    # masks read the cross-attention of the loaded model: at the switch their hooks move
+    base, refiner = checkpoint("base15a", "sd1+attn", 0), checkpoint("other15a", "sd1+attn", 10)
+    kwargs = dict(checkpoint=base, refiner_checkpoint=refiner, refiner_switch_at=0.5, width=128, height=128,
+                  sampler_name="Euler", steps=8)
+    with options(sd_checkpoints_limit=limit):
+        host.generate(None, **kwargs)  # loads both (building a model reseeds the global RNG)
+        late = sega_values("smile :: mask=attention", warmup="5")  # acts only after the switch
+        with host.guided_steps() as guided:
+            on = host.generate(late, **kwargs)
+        again = host.generate(late, **kwargs)
+        off = host.generate(None, **kwargs)
+    assert host.reported == [] and not any(c.startswith("SEGA") for c in on.comments), on.comments
+    assert guided and min(guided) >= 5
+    assert torch.equal(on.images, again.images) and not torch.equal(on.images, off.images)
