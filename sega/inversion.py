@@ -89,8 +89,22 @@ class _Step:
 @dataclass
 class _Update:
     mu: torch.Tensor  # the deterministic part of the step (the result, at the last step)
-    gain: object = 0.0  # what the sampler multiplies the step's last noise with
+    # What the sampler multiplies the step's last noise with, factor by factor in its own
+    # order (`x + noise * s_noise * sigma_up` is ((noise·s_noise)·sigma_up)), so that the
+    # inversion can add the noise exactly as the sampler will.
+    factors: tuple = ()
     mid_noises: tuple = ()  # noise the sampler draws between its evaluations (DPM++ SDE)
+
+    def gain(self):
+        g = 1.0
+        for f in self.factors:
+            g = g * f
+        return g
+
+    def add_noise(self, z: torch.Tensor) -> torch.Tensor:
+        for f in self.factors:
+            z = z * f
+        return self.mu + z
 
 
 def ancestral_step(sigma_from, sigma_to, eta):
@@ -115,7 +129,7 @@ def _euler_ancestral(c: _Step) -> _Update:
     c.first_call_done()
     down, up = ancestral_step(c.sigma, c.sigma_next, c.eta)
     d = (c.x - denoised) / c.sigma
-    return _Update(c.x + d * (down - c.sigma), c.s_noise * up)
+    return _Update(c.x + d * (down - c.sigma), (c.s_noise, up))
 
 
 def _dpm_2_ancestral(c: _Step) -> _Update:
@@ -128,7 +142,7 @@ def _dpm_2_ancestral(c: _Step) -> _Update:
     mid = c.sigma.log().lerp(down.log(), 0.5).exp()
     x_2 = c.x + d * (mid - c.sigma)
     d_2 = (x_2 - c.denoise(x_2, mid)) / mid
-    return _Update(c.x + d_2 * (down - c.sigma), c.s_noise * up)
+    return _Update(c.x + d_2 * (down - c.sigma), (c.s_noise, up))
 
 
 def _dpmpp_2s_ancestral(c: _Step) -> _Update:
@@ -143,7 +157,7 @@ def _dpmpp_2s_ancestral(c: _Step) -> _Update:
     s = t + 0.5 * h
     x_2 = (_sigma_of(s) / _sigma_of(t)) * c.x - (-h * 0.5).expm1() * denoised
     denoised_2 = c.denoise(x_2, _sigma_of(s))
-    return _Update((_sigma_of(t_next) / _sigma_of(t)) * c.x - (-h).expm1() * denoised_2, c.s_noise * up)
+    return _Update((_sigma_of(t_next) / _sigma_of(t)) * c.x - (-h).expm1() * denoised_2, (c.s_noise, up))
 
 
 def _dpmpp_sde(c: _Step) -> _Update:
@@ -168,7 +182,7 @@ def _dpmpp_sde(c: _Step) -> _Update:
     t_next_ = _t_of(sd)
     denoised_d = (1 - fac) * denoised + fac * denoised_2
     mu = (_sigma_of(t_next_) / _sigma_of(t)) * c.x - (t - t_next_).expm1() * denoised_d
-    return _Update(mu, c.s_noise * su, (mid,))
+    return _Update(mu, (c.s_noise, su), (mid,))
 
 
 def _dpmpp_2m_sde(c: _Step) -> _Update:
@@ -190,7 +204,7 @@ def _dpmpp_2m_sde(c: _Step) -> _Update:
                 mu = mu + ((-h - eta_h).expm1().neg() / (-h - eta_h) + 1) * (1 / r) * (denoised - old)
             else:
                 mu = mu + 0.5 * (-h - eta_h).expm1().neg() * (1 / r) * (denoised - old)
-        update = _Update(mu, c.sigma_next * (-2 * eta_h).expm1().neg().sqrt() * c.s_noise)
+        update = _Update(mu, (c.sigma_next, (-2 * eta_h).expm1().neg().sqrt(), c.s_noise))
     hist.update(old=denoised, h_last=h, h=h)
     return update
 
@@ -222,7 +236,7 @@ def _dpmpp_3m_sde(c: _Step) -> _Update:
             d = (denoised - d_1) / (h_1 / h)
             phi_2 = h_eta.neg().expm1() / h_eta + 1
             mu = mu + phi_2 * d
-        update = _Update(mu, c.sigma_next * (-2 * h * c.eta).expm1().neg().sqrt() * c.s_noise)
+        update = _Update(mu, (c.sigma_next, (-2 * h * c.eta).expm1().neg().sqrt(), c.s_noise))
     hist.update(d_1=denoised, d_2=d_1, h_1=h, h_2=h_1, h=h)
     return update
 
@@ -307,9 +321,14 @@ def invert(
         if sigmas[i + 1] > 0:
             n_next = draw()
             target = x0 + sigmas[i + 1] * n_next if add_noise is None else add_noise(x0, n_next, sigmas[i + 1])
+            z = (target - update.mu) / update.gain()
             noises.extend(update.mid_noises)
-            noises.append((target - update.mu) / update.gain)
-            x = target
+            noises.append(z)
+            # Go on from where the sampler will be — the target up to the rounding of its
+            # own `μ + z·…` — not from the target itself: then sampling with nothing acting
+            # makes these very model calls again, and rounding cannot build up over the
+            # steps (diffusers' LEDITS++ carries its recomputed x_{t−1} on for this reason).
+            x = update.add_noise(z)
         else:
             final = update.mu
     if final is None:

@@ -41,8 +41,10 @@ def run(host, concepts="", invert=True, **kwargs):
 
 
 def tolerance(strength: float) -> float:
-    # float32 rounding, amplified by the random-weight model over the schedule's sigmas
-    return 1e-4 if strength < 0.9 else 2e-2
+    # The sampler retraces the inversion's own model calls, so what is left is the rounding of
+    # the final residual's addition — at any strength, even with a random-weight model whose
+    # estimates would amplify any drift over the schedule's sigmas.
+    return 1e-5
 
 
 @contextlib.contextmanager
@@ -96,10 +98,10 @@ def test_no_concepts_reconstructs_the_input_and_plain_img2img_does_not(host, sam
 def test_batch_one_batch_count_two_and_different_init_images(host, sampler):
     out = run(host, sampler_name=sampler, batch_size=1, n_iter=2)
     assert out.images.shape[0] == 2
-    assert (out.images - out.p.init_latent[:1]).abs().max() < 1e-4
+    assert (out.images - out.p.init_latent[:1]).abs().max() < 1e-5
     images = torch.cat([init_latent(seed=1), init_latent(seed=2)])
     out = run(host, sampler_name=sampler, batch_size=2, init_images=images)
-    assert (out.images - images).abs().max() < 1e-4
+    assert (out.images - images).abs().max() < 1e-5
 
 
 def test_concepts_change_the_image_far_less_than_plain_img2img(host):
@@ -123,7 +125,7 @@ def test_prompt_editing_and_the_negative_prompt_reach_the_inversion_as_they_reac
     # call by call the model sees the same step counters, conds and (up to rounding) inputs
     for a, b in zip(inverting, sampling, strict=True):
         assert a[1:3] == b[1:3] and torch.equal(a[5], b[5]) and torch.equal(a[7], b[7])
-        assert torch.allclose(a[6], b[6], atol=1e-3)
+        assert torch.equal(a[6], b[6])  # the very same latents: nothing to amplify
     conds = [c[5] for c in sampling]
     assert not torch.equal(conds[0], conds[-1])  # the prompt really switched half-way
 
@@ -134,7 +136,7 @@ def test_inpainting_keeps_the_kept_region_and_reconstructs_the_rest(host):
         x0 = out.p.init_latent
         keep = KEEP.expand_as(out.samples)
         assert torch.equal(out.samples[keep], x0[keep])
-        assert (out.samples - x0).abs().max() < 1e-4
+        assert (out.samples - x0).abs().max() < 1e-5
         edited = run(host, "smile", mask=MASK, batch_size=2, denoising_strength=0.75, kind=kind)
         assert torch.equal(edited.samples[keep], x0[keep])
         assert (edited.samples[~keep] - x0[~keep]).abs().max() > 1e-3
@@ -165,7 +167,7 @@ def test_eta_and_s_noise_are_honoured(host):
         for sampler in ("Euler a", "DPM++ 2M SDE"):
             out = run(host, "smile", sampler_name=sampler)
             assert out.extra_generation_params["Eta"] == 0.7
-            assert (run(host, sampler_name=sampler).images - out.p.init_latent).abs().max() < 1e-4
+            assert (run(host, sampler_name=sampler).images - out.p.init_latent).abs().max() < 1e-5
         assert out.extra_generation_params["Sigma noise"] == 0.9
         opts.eta_ancestral = 0.0
         zero = run(host)
@@ -236,7 +238,7 @@ def test_each_key_part_misses_the_cache(host, monkeypatch, change):
         assert len(count) == 1
         out = run(host, "smile", **CHANGES[change])
     assert len(count) == 2
-    assert (run(host, **CHANGES[change]).images - out.p.init_latent).abs().max() < 1e-4
+    assert (run(host, **CHANGES[change]).images - out.p.init_latent).abs().max() < 1e-5
 
 
 def test_settings_that_reach_the_model_call_miss_the_cache(host, monkeypatch):
@@ -328,12 +330,12 @@ def test_interrupting_the_inversion_leaves_no_entry_and_the_next_generation_is_c
         assert edit.cache_stats()[0] == 0 and len(seen) == 3
     else:  # the skipped batch left nothing; the second batch was inverted and remade
         assert edit.cache_stats()[0] == 1
-        assert (out.images[1:] - out.p.init_latent).abs().max() < 1e-4
+        assert (out.images[1:] - out.p.init_latent).abs().max() < 1e-5
     assert state.textinfo is None
     with inversions(monkeypatch) as count:
         again = run(host)  # the first batch's image: inverted afresh, whole
     assert len(count) == 1
-    assert (again.images - again.p.init_latent).abs().max() < 1e-4
+    assert (again.images - again.p.init_latent).abs().max() < 1e-5
 
 
 # ---- maps ---------------------------------------------------------------------------------------
@@ -357,7 +359,7 @@ def test_other_checkpoints_reconstruct_and_edit(host, kind):
     images = init_latent(images=2).repeat(1, 4 if kind == "sd3" else 1, 1, 1)
     out = run(host, kind=kind, batch_size=2, init_images=images)
     assert host.reported == [] and not out.comments
-    assert (out.images - out.p.init_latent).abs().max() < 1e-3
+    assert (out.images - out.p.init_latent).abs().max() < 1e-5
     edited = run(host, "smile", kind=kind, batch_size=2, init_images=images)
     assert (edited.images - out.p.init_latent).abs().max() > 1e-3
 
@@ -414,7 +416,7 @@ def test_implicit_masks_work_in_edit_mode(host, mask):
     size = dict(kind="sd1+attn", width=128, height=128, init_images=init_latent(128, 128, images=2), batch_size=2)
     remade = run(host, **size)
     x0 = remade.p.init_latent
-    assert (remade.images - x0).abs().max() < 1e-4
+    assert (remade.images - x0).abs().max() < 1e-5
     values = sega_values(concepts=f"smile :: mask={mask}", invert=True, warmup="0")
     kwargs = dict(img2img=True, sampler_name="Euler a", steps=STEPS, denoising_strength=0.75, **size)
     edited = host.generate(values, **kwargs)
