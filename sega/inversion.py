@@ -42,10 +42,13 @@ class Inversion:
     noises: tuple[torch.Tensor, ...]
     residual: torch.Tensor
     model_calls: int = 0
+    # The latents it was made from (the host may keep them with it, see sega_webui/edit.py).
+    kept: dict = field(default_factory=dict)
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (*self.noises, self.residual))
+        tensors = (*self.noises, self.residual, *(t for t in self.kept.values() if isinstance(t, torch.Tensor)))
+        return sum(t.numel() * t.element_size() for t in tensors)
 
     def noise_sampler(self) -> NoiseReplay:
         return NoiseReplay(self.noises)

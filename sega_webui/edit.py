@@ -102,16 +102,32 @@ def launch(edit: EditPlan, pass_, launch_fn, args, kwargs):
         edit.decline(str(e))
         return launch_fn(*args, **kwargs)
 
+    extra_args = dict(kwargs.get("extra_args") or {})
+    photo = _photo(edit.p)
+    # The WebUI encodes the photo by sampling the VAE's posterior (from the global RNG), so
+    # the same photo gives latents that differ in their last bits from one request to the
+    # next: the key names the photo by its pixels where it can, and a hit brings back the
+    # latents the inversion was made from (start, init and image conditioning, all made from
+    # those pixels), so that sampling retraces the inversion's calls exactly.
+    made_from = (x0.shape, x_start.shape) if photo is not None else (x_start, x0, extra_args.get("image_cond"))
     key = fingerprint(
-        "sega-inversion-1", edit.funcname, float(eta), float(s_noise), options, sigmas, x_start, x0,
+        "sega-inversion-2", edit.funcname, float(eta), float(s_noise), options, sigmas, photo, made_from,
         getattr(denoiser, "mask", None), getattr(denoiser, "nmask", None),
-        bool(getattr(denoiser, "mask_before_denoising", False)), kwargs.get("extra_args"),
+        bool(getattr(denoiser, "mask_before_denoising", False)),
+        {k: v for k, v in extra_args.items() if k != "image_cond"},
         _seeds(edit.p, x0.shape[0]), _model_identity(), _host_options(), _prompts(edit.p),
         _other_scripts_args(edit.p, edit.run),
     )
     _cache.trim(capacity())  # the setting may have been lowered since
     found = _cache.get(key)
     edit.cache_hit = found is not None
+    if found is not None and photo is not None:
+        x_start, x0 = found.kept["x_start"], found.kept["x0"]
+        denoiser.init_latent = x0
+        args = (args[0], x_start, *args[2:])
+        if found.kept.get("image_cond") is not None:
+            extra_args["image_cond"] = found.kept["image_cond"]
+            kwargs = {**kwargs, "extra_args": extra_args}
     if found is None:
         try:
             found = _invert(edit, pass_, denoiser, x_start, x0, sigmas, kwargs, eta, s_noise, options)
@@ -124,6 +140,8 @@ def launch(edit: EditPlan, pass_, launch_fn, args, kwargs):
             traceback.print_exc()
             edit.decline(f"the inversion failed ({type(e).__name__}: {e})")
             return launch_fn(*args, **kwargs)
+        if photo is not None:
+            found.kept = {"x_start": x_start, "x0": x0, "image_cond": extra_args.get("image_cond")}
         _cache.put(key, found, capacity())
         print(f"[SEGA] inverted the input image: {found.model_calls} model calls, {found.nbytes / 2**10:.0f} KB "
               f"({len(_cache)} inversions kept, {_cache.nbytes / 2**20:.1f} MB)")
@@ -191,6 +209,21 @@ def _seeds(p, n: int) -> list[int]:
     if not seeds or len(seeds) != n:
         seeds = [int(getattr(p, "seed", 0) or 0) + j for j in range(n)]
     return [int(s) for s in seeds]
+
+
+def _photo(p):
+    """The input image(s) and mask as pixels, and everything that turns them into latents;
+    None where `p` holds no init images."""
+    images = getattr(p, "init_images", None)
+    if images is None:
+        return None
+    names = ("resize_mode", "mask_blur_x", "mask_blur_y", "mask_blur", "mask_round", "inpainting_fill",
+             "inpaint_full_res", "inpaint_full_res_padding", "inpainting_mask_invert", "inpainting_mask_weight",
+             "width", "height", "denoising_strength")
+    opts = shared.opts
+    return (images, getattr(p, "image_mask", None), {n: getattr(p, n, None) for n in names},
+            getattr(opts, "sd_vae_encode_method", None), getattr(opts, "img2img_background_color", None),
+            getattr(opts, "img2img_color_correction", None))
 
 
 def _default(params, name, fallback):

@@ -37,6 +37,7 @@ from sega import spaces
 from sega.args import SegaArgs
 from sega.concepts import network_note
 from sega.errors import SegaInputError
+from sega.fields import FIELDS
 from sega.guidance import SegaGuidance
 from sega.masks import attention_grid
 from sega_webui import attention, compat, edit, inpaint, models, refiner, rows
@@ -169,9 +170,16 @@ _current = _Current()
 # ---- generation, batch and pass set-up (called from the script's hooks) ------------------
 
 
+# Every generation-parameter key SEGA writes. X/Y/Z copies `p` for each cell with the
+# previous cell's parameters in it: whatever this cell does not write must not be claimed.
+OWN_KEYS = frozenset({f.infotext for f in FIELDS if f.infotext} | {OFF_KEY, STOPPED_KEY, edit.OFF_KEY})
+
+
 def begin_generation(p, args: SegaArgs | None, script_args_range: tuple | None = None) -> None:
     """Forget anything a copied `p` carried and start this generation's run (or none)."""
     _current.record = None
+    # A new dict: a copied `p` may share its parameters with the one it was copied from.
+    p.extra_generation_params = {k: v for k, v in p.extra_generation_params.items() if k not in OWN_KEYS}
     run = SegaRun(args, script_args_range=script_args_range) if args is not None and args.active else None
     setattr(p, RUN_ATTR, run)
     if run is None:

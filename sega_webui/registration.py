@@ -104,7 +104,8 @@ def add_xyz_axes() -> None:
     module = find_xyz_module()
     if module is None:
         return
-    _append_missing(module.axis_options, xyz.axes(module.AxisOption, max_concepts()))
+    _append_missing(module.axis_options, xyz.axes(module.AxisOption, max_concepts(),
+                                                  getattr(module, "AxisOptionImg2Img", None)))
     ours = [a for a in module.axis_options if str(getattr(a, "label", "")).startswith(xyz.PREFIX)]
     # X/Y/Z scripts whose ui() already ran (--nowebui) plot from their own copy of the list.
     from modules import scripts
@@ -114,7 +115,10 @@ def add_xyz_axes() -> None:
         for script in getattr(runner, "scripts", None) or []:
             if script_class is not None and isinstance(script, script_class) and isinstance(
                     getattr(script, "current_axis_options", None), list):
-                _append_missing(script.current_axis_options, ours)
+                # As the plot's own ui() filters: an img2img-only axis not in the txt2img tab.
+                tab = getattr(script, "is_img2img", None)
+                _append_missing(script.current_axis_options, [
+                    a for a in ours if getattr(a, "is_img2img", None) in (None, tab) or type(a) is module.AxisOption])
 
 
 def _append_missing(options: list, axes: list) -> None:

@@ -38,11 +38,12 @@ def _check(overrides_for) -> callable:
     return confirm
 
 
-def axes(axis_option_cls, max_concepts: int) -> list:
-    """AxisOption objects for X/Y/Z (built with the WebUI's own AxisOption class)."""
+def axes(axis_option_cls, max_concepts: int, img2img_cls=None) -> list:
+    """AxisOption objects for X/Y/Z (built with the WebUI's own AxisOption class; an
+    img2img-only setting with its AxisOptionImg2Img, which the plot lists in img2img only)."""
     out = []
 
-    def add(label, type_, key, confirm=True, choices=None, apply=None, fmt=None):
+    def add(label, type_, key, confirm=True, choices=None, apply=None, fmt=None, cls=None):
         def default_apply(p, x, xs):
             _set(p, key, x)
 
@@ -52,7 +53,7 @@ def axes(axis_option_cls, max_concepts: int) -> list:
         if fmt is not None:
             kwargs["format_value"] = fmt
         out.append(
-            axis_option_cls(
+            (cls or axis_option_cls)(
                 PREFIX + label,
                 type_,
                 apply or default_apply,
@@ -74,7 +75,7 @@ def axes(axis_option_cls, max_concepts: int) -> list:
         f = BY_NAME[name]
         add(f.label, float if f.kind == "float" else str, name)
     add(BY_NAME["hires"].label, str, "hires", choices=lambda: ["True", "False"])
-    add(BY_NAME["invert"].label, str, "invert", choices=lambda: ["True", "False"])
+    add(BY_NAME["invert"].label, str, "invert", choices=lambda: ["True", "False"], cls=img2img_cls)
     add(BY_NAME["mask"].label, str, "mask", choices=lambda: list(BY_NAME["mask"].choices))
     for k in range(1, max_concepts + 1):
         for key in CONCEPT_KEYS:

@@ -286,9 +286,10 @@ def test_the_cache_is_bounded_by_the_setting(host, monkeypatch):
             run(host, seed=1)  # the oldest was dropped
         assert len(count) == 4
         kept, size = edit.cache_stats()
-        # every step but the last keeps one latent-sized noise per image, plus the residual
+        # every step but the last keeps one latent-sized noise per image, plus the residual, the
+        # start and init latents it was made from, and the (here 5×1×1) image conditioning
         x = run(host, seed=1).p.init_latent
-        assert size == kept * 5 * x.numel() * x.element_size()
+        assert size == kept * ((4 + 1 + 2) * x.numel() * x.element_size() + 5 * 4)
         opts.sega_inversion_cache = 0
         with inversions(monkeypatch) as count:
             run(host, seed=1)
@@ -426,3 +427,26 @@ def test_implicit_masks_work_in_edit_mode(host, mask):
     assert torch.equal(host.generate(values, **kwargs).images, edited.images)
     threshold = host.generate(sega_values(concepts="smile", invert=True, warmup="0"), **kwargs)
     assert not torch.equal(threshold.images, edited.images)
+
+
+@pytest.mark.parametrize("kind", ["sd1", "inpaint"])
+def test_the_cache_hits_although_the_webui_resamples_the_photos_encoding(host, monkeypatch, kind):
+    processing = host.w.processing
+    monkeypatch.setattr(processing, "VAE_POSTERIOR_STD", 1e-3)
+    kwargs = dict(kind=kind, mask=MASK if kind == "inpaint" else None, batch_size=2)
+    with inversions(monkeypatch) as count:
+        first = run(host, **kwargs)
+        edited = run(host, "smile", **kwargs)
+        again = run(host, **kwargs)
+    assert len(count) == 1
+    # each request encoded the photo anew …
+    assert not torch.equal(again.p.init_latent, first.p.init_latent)
+    # … and the edits went on from the latents the inversion was made from (where a mask
+    # keeps the photo, the WebUI's final blend puts this request's own encoding)
+    region = ~KEEP.expand_as(first.images) if kind == "inpaint" else torch.ones_like(first.images, dtype=torch.bool)
+    assert (again.images - first.p.init_latent)[region].abs().max() < 1e-5
+    assert torch.equal(again.images[~region], again.p.init_latent[~region])
+    assert (first.images - first.p.init_latent).abs().max() < 1e-5
+    assert (edited.images - first.p.init_latent)[region].abs().max() > 1e-3
+    other = run(host, init_images=init_latent(seed=77), **kwargs)  # another picture: inverted
+    assert len(count) == 2 and (other.images - other.p.init_latent).abs().max() < 1e-5

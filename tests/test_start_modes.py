@@ -92,7 +92,9 @@ def test_axes_settings_and_api_check_exist_once_in_both_tabs(mode, files, settin
         for plot in plots:
             labels = [a.label for a in plot.current_axis_options]
             ours = [label for label in labels if label.startswith(xyz.PREFIX)]
-            assert len(ours) == SEGA_AXES and len(set(ours)) == len(ours)
+            # editing the input image is an img2img axis only
+            assert len(ours) == SEGA_AXES - (not plot.is_img2img) and len(set(ours)) == len(ours)
+            assert ("[SEGA] Edit the input image (inversion)" in ours) == plot.is_img2img
             assert "[SEGA] Threshold" in ours and "[SEGA] Concept 8 weight" in ours
             # The API picks an axis by its index in this list; applying it sets our override.
             axis = plot.current_axis_options[labels.index("[SEGA] Threshold")]

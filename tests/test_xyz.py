@@ -169,3 +169,36 @@ def test_mask_axes(host, axes, label, key):
     assert not torch.equal(images[0], images[1])
     with pytest.raises(RuntimeError, match="mask: must be one of threshold, attention, intersect, got 'soft'"):
         axis.confirm(None, ["attention", "soft"])
+
+
+def test_a_cell_does_not_claim_the_previous_cells_settings(host, axes):
+    # X/Y/Z copies p shallowly for every cell: the cells share one parameters dict
+    axis = axes["[SEGA] Edit scale"]
+    w = host.w
+    w.shared.sd_model = __import__("host_harness").model("sd1")
+    runner = w.scripts.ScriptRunner([(host.script, len(sega_values()))])
+    p = w.processing.StableDiffusionProcessingTxt2Img(
+        prompt="a photo of a face", steps=6, script_args=[None] + sega_values("smile", warmup="1"), scripts=runner)
+    cells = []
+    for value in (8.0, 5.0):  # 5 is the default: not written
+        pc = copy.copy(p)
+        axis.apply(pc, value, [8.0, 5.0])
+        cells.append(w.processing.process_images(pc))
+    assert cells[0].extra_generation_params["SEGA scale"] == "8"
+    assert "SEGA scale" not in cells[1].extra_generation_params
+    assert "SEGA scale" not in p.extra_generation_params
+
+
+def test_the_invert_axis_is_offered_in_img2img_only():
+    import importlib.util
+
+    import webui
+
+    webui.load()
+    spec = importlib.util.spec_from_file_location("xyz_grid_for_test", webui.STUB / "scripts" / "xyz_grid.py")
+    grid = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(grid)
+    found = {a.label: a for a in xyz.axes(grid.AxisOption, 2, grid.AxisOptionImg2Img)}
+    invert = found["[SEGA] Edit the input image (inversion)"]
+    assert type(invert) is grid.AxisOptionImg2Img and invert.is_img2img
+    assert type(found["[SEGA] Edit scale"]) is grid.AxisOption  # offered in both tabs

@@ -12,6 +12,18 @@ from PIL import Image
 from modules import infotext_utils, prompt_parser, sd_models, sd_samplers, shared
 from modules.scripts import MaskBlendArgs
 
+# The WebUI encodes an init image by sampling the VAE's posterior with the global torch RNG,
+# whose state is whatever the previous request left: the same picture gives latents that
+# differ slightly per request. Off (0) unless a test sets it; the generator is never reset.
+VAE_POSTERIOR_STD = 0.0
+_posterior = torch.Generator().manual_seed(4321)
+
+
+def encode(image):
+    if VAE_POSTERIOR_STD <= 0:
+        return image
+    return image + VAE_POSTERIOR_STD * torch.randn(image.shape, generator=_posterior).to(image)
+
 
 class Processed:
     def __init__(self, p, images, comments, infotexts=None, index_of_first_image=0, samples=None):
@@ -221,7 +233,7 @@ class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
         self.extra_generation_params["Denoising strength"] = self.denoising_strength
         self.image_cfg_scale = self.image_cfg_scale if shared.sd_model.cond_stage_key == "edit" else None
         self.sampler = sd_samplers.create_sampler(self.sampler_name, shared.sd_model)
-        image = self.init_images.to(shared.device, torch.float32)
+        image = encode(self.init_images.to(shared.device, torch.float32))
         image_mask = self.image_mask
         if image_mask is not None:
             image_mask = image_mask.float()
