@@ -78,7 +78,7 @@ def setting_options() -> dict:
         options[SETTING_PREFIX + f.name] = info
     options[maps.SAVE_OPTION] = maps.save_option(section)
     options[edit.CACHE_OPTION] = shared.OptionInfo(
-        edit.CACHE_DEFAULT, "Inversions kept for editing the same photo again (each about 1.3 MB per image "
+        edit.CACHE_DEFAULT, "Inversions kept for editing the same photo again (each about 1.4 MB per image "
         "at 512², 20 steps; 0: invert every time)", gr.Slider, {"minimum": 0, "maximum": 32, "step": 1},
         section=section)
     return options
