@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from sega.masks import attention_grid
+
 HOOK_MARK = "_sega_concept_attention"
 CHUNK = 77  # tokens per chunk of the WebUI's conds: start, 75 tokens, end
 EARLY_TIMESTEP = 800
@@ -244,3 +246,21 @@ def token_columns(tokenizer, texts, phase, active, batch: int, length: int, devi
             columns = [c for c in token_positions(tokenizer, text) if c < length]
             out[row, columns] = 1.0
     return out.repeat_interleave(batch, dim=0).to(device)
+
+
+def prepare_call(pass_, record, call: int, schedule_index) -> None:
+    """The concepts' token columns for this call, and (widened path) the attention hooks
+    armed for the host's model call; the separate path arms them for its own call."""
+    if pass_.masks is None:
+        pass_.masks = ConceptAttention(pass_.model, hypernetwork_keys())
+    phase = tuple(schedule_index(s, call) if len(t) == len(s) else None for s, t in zip(
+        pass_.schedules, pass_.texts, strict=True))
+    key = ("columns", phase, record.active, record.batch, record.x.device)
+    if key not in pass_.rows_cache:
+        pass_.rows_cache[key] = token_columns(
+            find_tokenizer(pass_.model), pass_.texts, phase, record.active, record.batch,
+            max(pass_.tokens), record.x.device)
+    record.mask_columns = pass_.rows_cache[key]
+    if not pass_.separate:
+        pass_.masks.arm(record.cond_rows, len(record.active) * record.batch, attention_grid(*record.x.shape[-2:]),
+                        record.mask_columns)

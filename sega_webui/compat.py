@@ -31,6 +31,10 @@ from contextlib import contextmanager
 from functools import partial
 from pathlib import PurePath
 
+import torch
+
+from sega_webui import rows
+
 # Where the WebUI defines its CFG denoisers (modules/sd_samplers_*.py).
 HOST_MODULES = frozenset(
     {"modules.sd_samplers_cfg_denoiser", "modules.sd_samplers_kdiffusion", "modules.sd_samplers_timesteps"}
@@ -131,3 +135,23 @@ def _is_host_code(fn) -> bool:
         return False
     defined_in = getattr(sys.modules.get(module), "__file__", None)
     return defined_in is not None and PurePath(code.co_filename) == PurePath(defined_in)
+
+
+def evaluate_separately(record, inner_model, out_like):
+    """The concepts' rows in model calls of their own: all concepts in one call, or (low
+    VRAM) one concept per call, so that no call holds more rows than the host's."""
+    b, k = record.batch, len(record.active)
+    per_call = 1 if record.pass_.low_vram else k
+    outs = []
+    with plain_attention(record.pass_.attention_hooks):
+        for start in range(0, k, per_call):
+            n = min(per_call, k - start)
+            cond = rows.slice_rows(record.concept_rows, start * b, (start + n) * b)
+            image_cond = rows.repeat_rows(record.image_cond, n)
+            if record.dict_conds:
+                condition = {**cond, "c_concat": [image_cond]}
+            else:
+                condition = {"c_crossattn": [cond], "c_concat": [image_cond]}
+            x, sigma = rows.repeat_rows(record.x, n), rows.repeat_rows(record.sigma, n)
+            outs.append(inner_model(x, sigma, cond=condition))
+    return torch.cat(outs).to(out_like.dtype)

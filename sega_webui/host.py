@@ -384,7 +384,8 @@ def _plan_call(params, run: SegaRun, pass_: SegaPass, p):
     if pass_.error:
         run.fail(p, pass_, pass_.error)
         return None, None
-    if models.checkpoint(shared.sd_model) != pass_.checkpoint and not _follow_switch(p, run, pass_, denoiser):
+    if models.checkpoint(shared.sd_model) != pass_.checkpoint and not refiner.follow_switch(
+        p, run, pass_, denoiser, shared.sd_model, concept_conds, unsupported_reason):
         return None, None
     if pass_.guidance is None:
         pass_.start(getattr(denoiser, "steps", None) or p.steps)
@@ -412,7 +413,7 @@ def _plan_call(params, run: SegaRun, pass_: SegaPass, p):
         if pass_.separate:
             pass_.attention_hooks = compat.hooked_attention(shared.sd_model)
     if pass_.guidance.needs_attention(step):
-        _prepare_masks(pass_, record, denoiser.step)
+        attention.prepare_call(pass_, record, denoiser.step, _schedule_index)
     if pass_.separate:
         record.image_cond = params.image_cond[-batch:]
         # Padded like on the widened path, so that both paths make the same image.
@@ -421,45 +422,6 @@ def _plan_call(params, run: SegaRun, pass_: SegaPass, p):
         record.dict_conds = isinstance(params.text_cond, dict)
         return record, None
     return record, _with_concept_rows(params, pass_, active, batch, denoiser.step)
-
-
-def _follow_switch(p, run: SegaRun, pass_: SegaPass, denoiser) -> bool:
-    """The refiner loaded another checkpoint (refiner.py); True when SEGA goes on with it."""
-    model = shared.sd_model
-    reason = unsupported_reason(p, model) or models.sampler_problem(model, denoiser)
-    if reason:
-        run.fail(p, pass_, f"the refiner switched to a checkpoint SEGA cannot guide here: {reason}")
-        return False
-    try:
-        schedules, texts = concept_conds(p, run, model, pass_.hires)
-    except Exception as e:
-        run.fail(p, pass_, f"the concepts could not be encoded for the refiner ({type(e).__name__}: {e})", e)
-        return False
-    if pass_.masks is not None:  # the hooks sit on the old model's layers: made anew at the next call
-        pass_.masks.remove()
-        pass_.masks = None
-    pass_.texts = texts
-    if refiner.rebase(pass_, model, schedules):
-        run.comment(p, "SEGA: the momentum restarted at the refiner switch (the refiner's latents are of another kind)")
-    return True
-
-
-def _prepare_masks(pass_: SegaPass, record: CallRecord, call: int) -> None:
-    """The concepts' token columns for this call, and (widened path) the attention hooks
-    armed for the host's model call; the separate path arms them for its own call."""
-    if pass_.masks is None:
-        pass_.masks = attention.ConceptAttention(pass_.model, attention.hypernetwork_keys())
-    phase = tuple(_schedule_index(s, call) if len(t) == len(s) else None for s, t in zip(
-        pass_.schedules, pass_.texts, strict=True))
-    key = ("columns", phase, record.active, record.batch, record.x.device)
-    if key not in pass_.rows_cache:
-        pass_.rows_cache[key] = attention.token_columns(
-            attention.find_tokenizer(pass_.model), pass_.texts, phase, record.active, record.batch,
-            max(pass_.tokens), record.x.device)
-    record.mask_columns = pass_.rows_cache[key]
-    if not pass_.separate:
-        pass_.masks.arm(record.cond_rows, len(record.active) * record.batch, attention_grid(*record.x.shape[-2:]),
-                        record.mask_columns)
 
 
 def _concept_rows(pass_: SegaPass, active, batch: int, call: int, like, length: int | None):
@@ -534,26 +496,6 @@ def _with_concept_rows(params, pass_: SegaPass, active, batch: int, call: int):
     )
 
 
-def _evaluate_separately(record, inner_model, out_like):
-    """The concepts' rows in model calls of their own: all concepts in one call, or (low
-    VRAM) one concept per call, so that no call holds more rows than the host's."""
-    b, k = record.batch, len(record.active)
-    per_call = 1 if record.pass_.low_vram else k
-    outs = []
-    with compat.plain_attention(record.pass_.attention_hooks):
-        for start in range(0, k, per_call):
-            n = min(per_call, k - start)
-            cond = rows.slice_rows(record.concept_rows, start * b, (start + n) * b)
-            image_cond = rows.repeat_rows(record.image_cond, n)
-            if record.dict_conds:
-                condition = {**cond, "c_concat": [image_cond]}
-            else:
-                condition = {"c_crossattn": [cond], "c_concat": [image_cond]}
-            x, sigma = rows.repeat_rows(record.x, n), rows.repeat_rows(record.sigma, n)
-            outs.append(inner_model(x, sigma, cond=condition))
-    return torch.cat(outs).to(out_like.dtype)
-
-
 def _to_device(cond, like, make_dict):
     if isinstance(cond, dict):
         return make_dict({k: v.to(like[k].device) for k, v in cond.items()})
@@ -612,7 +554,7 @@ def _read_back(params, record: CallRecord) -> None:
     if separate:
         if record.mask_columns is not None:
             record.pass_.masks.arm(0, k * b, grid, record.mask_columns)
-        concepts = _evaluate_separately(record, params.inner_model, x_out).reshape(k, b, *x_out.shape[1:])
+        concepts = compat.evaluate_separately(record, params.inner_model, x_out).reshape(k, b, *x_out.shape[1:])
     else:
         concepts = x_out[r : r + k * b].reshape(k, b, *x_out.shape[1:]) if k else None
     maps = early = None

@@ -40,3 +40,25 @@ def rebase(pass_, model, schedules) -> bool:
     if restart and pass_.guidance is not None:
         pass_.guidance.restart_momentum()
     return restart
+
+
+def follow_switch(p, run, pass_, denoiser, model, encode, unsupported) -> bool:
+    """The refiner loaded `model`; True when SEGA goes on with it. `encode(p, run, model,
+    hires)` makes the concepts' conds as for the prompt, `unsupported(p, model)` says why a
+    model cannot be guided (host.py's own)."""
+    reason = unsupported(p, model) or models.sampler_problem(model, denoiser)
+    if reason:
+        run.fail(p, pass_, f"the refiner switched to a checkpoint SEGA cannot guide here: {reason}")
+        return False
+    try:
+        schedules, texts = encode(p, run, model, pass_.hires)
+    except Exception as e:
+        run.fail(p, pass_, f"the concepts could not be encoded for the refiner ({type(e).__name__}: {e})", e)
+        return False
+    if pass_.masks is not None:  # the hooks sit on the old model's layers: made anew at the next call
+        pass_.masks.remove()
+        pass_.masks = None
+    pass_.texts = texts
+    if rebase(pass_, model, schedules):
+        run.comment(p, "SEGA: the momentum restarted at the refiner switch (the refiner's latents are of another kind)")
+    return True

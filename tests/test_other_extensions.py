@@ -192,7 +192,7 @@ def test_a_concept_beside_regional_prompter_is_evaluated_by_the_plain_model(host
                     r = record.cond_rows
                     estimates[key] = params.x[r:r + b].clone()
                 else:
-                    estimates[key] = host.w.host._evaluate_separately(record, params.inner_model, params.x)
+                    estimates[key] = host.w.host.compat.evaluate_separately(record, params.inner_model, params.x)
         return spy
 
     with host.callback("cfg_denoised", spy_for("plain")):

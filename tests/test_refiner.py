@@ -87,7 +87,7 @@ def test_a_concept_equal_to_the_prompt_yields_the_prompts_estimate_after_the_swi
         if record.concept_rows is None:
             concept = params.x[record.cond_rows:record.cond_rows + b]
         else:
-            concept = host.w.host._evaluate_separately(record, params.inner_model, params.x)
+            concept = host.w.host.compat.evaluate_separately(record, params.inner_model, params.x)
         calls.append((title(), x0.clone(), concept.clone(), id(host.w.shared.sd_model)))
 
     with options(sega_low_vram=low_vram, sd_checkpoints_limit=limit), host.callback("cfg_denoised", spy):
