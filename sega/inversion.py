@@ -244,20 +244,20 @@ def _dpmpp_3m_sde(c: _Step) -> _Update:
     return update
 
 
-# k-diffusion function name -> (step, model calls per step but the last, the WebUI's sampler names)
-SAMPLERS: dict[str, tuple[Callable[[_Step], _Update], int, tuple[str, ...]]] = {
-    "sample_euler_ancestral": (_euler_ancestral, 1, ("Euler a",)),
-    "sample_dpm_2_ancestral": (_dpm_2_ancestral, 2, ("DPM2 a",)),
-    "sample_dpmpp_2s_ancestral": (_dpmpp_2s_ancestral, 2, ("DPM++ 2S a",)),
-    "sample_dpmpp_sde": (_dpmpp_sde, 2, ("DPM++ SDE",)),
-    "sample_dpmpp_2m_sde": (_dpmpp_2m_sde, 1, ("DPM++ 2M SDE", "DPM++ 2M SDE Heun")),
-    "sample_dpmpp_3m_sde": (_dpmpp_3m_sde, 1, ("DPM++ 3M SDE",)),
+# k-diffusion function name -> (step, the WebUI's sampler names)
+SAMPLERS: dict[str, tuple[Callable[[_Step], _Update], tuple[str, ...]]] = {
+    "sample_euler_ancestral": (_euler_ancestral, ("Euler a",)),
+    "sample_dpm_2_ancestral": (_dpm_2_ancestral, ("DPM2 a",)),
+    "sample_dpmpp_2s_ancestral": (_dpmpp_2s_ancestral, ("DPM++ 2S a",)),
+    "sample_dpmpp_sde": (_dpmpp_sde, ("DPM++ SDE",)),
+    "sample_dpmpp_2m_sde": (_dpmpp_2m_sde, ("DPM++ 2M SDE", "DPM++ 2M SDE Heun")),
+    "sample_dpmpp_3m_sde": (_dpmpp_3m_sde, ("DPM++ 3M SDE",)),
 }
 
 
 def sampler_names() -> list[str]:
     """The WebUI's names of the samplers an edit can use, for messages."""
-    return [name for _, _, names in SAMPLERS.values() for name in names]
+    return [name for _, names in SAMPLERS.values() for name in names]
 
 
 def check(funcname: str, eta: float, s_noise: float) -> None:
@@ -297,7 +297,7 @@ def invert(
     the model's noisy latent at σ, x₀ + σ·n unless given (a flow model's is (1 − σ)·x₀ + σ·n);
     the step formulas hold for any trajectory, only its points change.
     """
-    step_fn, _, _ = SAMPLERS[funcname]
+    step_fn, _ = SAMPLERS[funcname]
     check(funcname, eta, s_noise)
     n = len(sigmas) - 1
     if n < 1:

@@ -41,8 +41,6 @@ class EditPlan:
     p: object
     run: object  # host.SegaRun, for telling the user
     funcname: str
-    inversion: Inversion | None = None
-    cache_hit: bool | None = None
 
     def decline(self, reason: str) -> None:
         """The pass runs as ordinary img2img with SEGA; the user reads why."""
@@ -120,7 +118,6 @@ def launch(edit: EditPlan, pass_, launch_fn, args, kwargs):
     )
     _cache.trim(capacity())  # the setting may have been lowered since
     found = _cache.get(key)
-    edit.cache_hit = found is not None
     if found is not None and photo is not None:
         x_start, x0 = found.kept["x_start"], found.kept["x0"]
         denoiser.init_latent = x0
@@ -147,7 +144,6 @@ def launch(edit: EditPlan, pass_, launch_fn, args, kwargs):
               f"({len(_cache)} inversions kept, {_cache.nbytes / 2**20:.1f} MB)")
     else:
         print("[SEGA] inversion found in the cache: editing without inverting again")
-    edit.inversion = found
     out = launch_fn(*args, **{**kwargs, "noise_sampler": found.noise_sampler()})
     return out + found.residual.to(device=out.device, dtype=out.dtype)
 
