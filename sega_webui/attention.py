@@ -248,9 +248,9 @@ def token_columns(tokenizer, texts, phase, active, batch: int, length: int, devi
     return out.repeat_interleave(batch, dim=0).to(device)
 
 
-def prepare_call(pass_, record, call: int, schedule_index) -> None:
-    """The concepts' token columns for this call, and (widened path) the attention hooks
-    armed for the host's model call; the separate path arms them for its own call."""
+def prepare_call(pass_, record, call: int, schedule_index, arm: bool) -> None:
+    """The concepts' token columns for this call, and (`arm`: widened path) the attention
+    hooks armed for the host's model call; the separate path arms them for its own call."""
     if pass_.masks is None:
         pass_.masks = ConceptAttention(pass_.model, hypernetwork_keys())
     phase = tuple(schedule_index(s, call) if len(t) == len(s) else None for s, t in zip(
@@ -261,6 +261,6 @@ def prepare_call(pass_, record, call: int, schedule_index) -> None:
             find_tokenizer(pass_.model), pass_.texts, phase, record.active, record.batch,
             max(pass_.tokens), record.x.device)
     record.mask_columns = pass_.rows_cache[key]
-    if not pass_.separate:
+    if arm:
         pass_.masks.arm(record.cond_rows, len(record.active) * record.batch, attention_grid(*record.x.shape[-2:]),
                         record.mask_columns)

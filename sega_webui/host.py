@@ -85,6 +85,7 @@ class SegaPass:
     hires: bool = False
     texts: list | None = None  # per concept, the text of each schedule entry (for the masks)
     masks: attention.ConceptAttention | None = None  # hooks, while a concept uses a mask
+    masks_confirmed: bool = False  # the masks have read the model's layers once
 
     def __post_init__(self):
         self.checkpoint = models.checkpoint(self.model)
@@ -412,9 +413,14 @@ def _plan_call(params, run: SegaRun, pass_: SegaPass, p):
         pass_.separate = pass_.low_vram or conflict is not None
         if pass_.separate:
             pass_.attention_hooks = compat.hooked_attention(shared.sd_model)
+    # Until the masks have read the UNet's layers once, the concepts go in a call of their
+    # own: should the model have none on the grid, SEGA stops and the host's rows were
+    # computed exactly as without it (a wider batch may round differently).
+    probe = False
     if pass_.guidance.needs_attention(step):
-        attention.prepare_call(pass_, record, denoiser.step, _schedule_index)
-    if pass_.separate:
+        probe = not pass_.masks_confirmed
+        attention.prepare_call(pass_, record, denoiser.step, _schedule_index, arm=not (pass_.separate or probe))
+    if pass_.separate or probe:
         record.image_cond = params.image_cond[-batch:]
         # Padded like on the widened path, so that both paths make the same image.
         length = _concept_length(pass_, active, params.text_cond)
@@ -560,6 +566,7 @@ def _read_back(params, record: CallRecord) -> None:
     maps = early = None
     if record.mask_columns is not None:
         maps = record.pass_.masks.collect(grid).view(k, b, *grid)
+        record.pass_.masks_confirmed = True
         early = attention.early_rows(record.sigma, record.eps_space, getattr(record.pass_.model, "alphas_cumprod", None))
     uncond, concepts = spaces.noise_estimates(record.space, record.x, record.sigma, uncond, concepts)
     record.term = record.pass_.guidance.step(
