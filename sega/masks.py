@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from sega.fields import MASKS
-from sega.guidance import abs_quantile
+from sega.quantile import abs_quantile
 
 THRESHOLD, ATTENTION, INTERSECT = MASKS
 SMOOTHING_SIGMA = 0.5
