@@ -40,7 +40,7 @@ from sega.errors import SegaInputError
 from sega.fields import FIELDS
 from sega.guidance import SegaGuidance
 from sega.masks import attention_grid
-from sega_webui import attention, compat, edit, inpaint, models, refiner, rows
+from sega_webui import attention, compat, concept_rows, edit, forge, hosts, inpaint, models, refiner, rows
 from sega_webui.steps import StepClock, real_steps, sampler_family
 
 try:  # timestep samplers (DDIM, PLMS, UniPC) return ε, k-diffusion ones x0
@@ -54,6 +54,8 @@ RUN_ATTR = "sega_run"
 OFF_KEY = "SEGA off"
 STOPPED_KEY = "SEGA stopped"
 _UNKNOWN = object()
+REFORGE_OFF = ("reForge samples through its own backend, which SEGA does not support yet "
+               "(it works in AUTOMATIC1111 1.10 and in Forge)")
 
 
 @dataclass
@@ -263,7 +265,11 @@ def _begin_pass(p, run: SegaRun) -> None:
     if hires and not run.args.hires:
         return
     sampler = p.sampler
-    reason = unsupported_reason(p, model) or models.sampler_problem(model, getattr(sampler, "model_wrap_cfg", None))
+    reason = unsupported_reason(p, model)
+    if hosts.CURRENT == hosts.A1111:  # Forge's samplers all return x0, of SD3 too
+        reason = reason or models.sampler_problem(model, getattr(sampler, "model_wrap_cfg", None))
+    elif hosts.CURRENT == hosts.REFORGE:
+        reason = REFORGE_OFF
     if reason:
         run.fail(p, None, reason)
         return
@@ -280,6 +286,8 @@ def _begin_pass(p, run: SegaRun) -> None:
     pass_.edit = edit.plan(p, run, sampler, hires)
     _hook_sampler(sampler, pass_, name)
     run.current = pass_
+    if hosts.CURRENT == hosts.FORGE:
+        forge.install(p, run, pass_)
 
 
 def unsupported_reason(p, model) -> str | None:
@@ -407,7 +415,7 @@ def _plan_call(params, run: SegaRun, pass_: SegaPass, p):
     if not active:
         return record, None
     if pass_.lead is _UNKNOWN:
-        pass_.lead = rows.lead_token(params.text_cond, _chunk_length())
+        pass_.lead = rows.lead_token(params.text_cond, concept_rows.chunk_length())
     if pass_.separate is None:
         conflict = compat.widening_conflict(denoiser, shared.sd_model, ours=(on_cfg_denoised,))
         pass_.separate = pass_.low_vram or conflict is not None
@@ -419,64 +427,26 @@ def _plan_call(params, run: SegaRun, pass_: SegaPass, p):
     probe = False
     if pass_.guidance.needs_attention(step):
         probe = not pass_.masks_confirmed
-        attention.prepare_call(pass_, record, denoiser.step, _schedule_index, arm=not (pass_.separate or probe))
+        attention.prepare_call(pass_, record, denoiser.step, concept_rows.schedule_index,
+                               arm=not (pass_.separate or probe))
     if pass_.separate or probe:
         record.image_cond = params.image_cond[-batch:]
         # Padded like on the widened path, so that both paths make the same image.
         length = _concept_length(pass_, active, params.text_cond)
-        record.concept_rows = _concept_rows(pass_, active, batch, denoiser.step, params.text_cond, length)
+        record.concept_rows = concept_rows.build(pass_, active, batch, denoiser.step, params.text_cond, length)
         record.dict_conds = isinstance(params.text_cond, dict)
         return record, None
     return record, _with_concept_rows(params, pass_, active, batch, denoiser.step)
 
 
-def _concept_rows(pass_: SegaPass, active, batch: int, call: int, like, length: int | None):
-    """The active concepts' conds, B rows each (concept-major), on the device and in the
-    dtype of `like`, behind the prompt rows' lead token if they carry one, padded to
-    `length` tokens when given. Cached per schedule phase, so a step normally reuses them
-    instead of rebuilding and copying them to the device."""
-    phase = tuple(_schedule_index(schedule, call) for schedule in pass_.schedules)
-    key = (phase, active, batch, length, _cond_signature(like))
-    cached = pass_.rows_cache.get(key)
-    if cached is None:
-        make_dict = _dict_maker(like)
-        concept = prompt_parser.reconstruct_cond_batch(pass_.schedules, call)
-        concept = rows.select_rows(concept, torch.tensor(active, dtype=torch.long), batch, make_dict)
-        concept = _to_device(concept, like, make_dict)
-        if pass_.lead is not None:
-            concept = rows.prepend_token(concept, pass_.lead, make_dict)
-        if length is not None and rows.token_length(concept) < length:
-            concept = rows.pad_tokens(concept, length, _empty_chunk(), make_dict)
-        cached = concept
-        if len(pass_.rows_cache) > 64:
-            pass_.rows_cache.clear()
-        pass_.rows_cache[key] = cached
-    return cached
 
 
-def _schedule_index(schedule, call: int) -> int:
-    # The host's rule (prompt_parser.reconstruct_cond_batch): first entry not ended yet.
-    for i, entry in enumerate(schedule):
-        if call <= entry.end_at_step:
-            return i
-    return 0
 
 
-def _cond_signature(cond):
-    t = cond["crossattn"] if isinstance(cond, dict) else cond
-    return (type(cond), t.dtype, t.device)
 
 
-def _empty_chunk():
-    empty = getattr(shared.sd_model, "cond_stage_model_empty_prompt", None)
-    if empty is None:
-        raise RuntimeError("the WebUI gives no empty-prompt chunk to pad concept conds with")
-    return empty
 
 
-def _chunk_length() -> int:
-    empty = getattr(shared.sd_model, "cond_stage_model_empty_prompt", None)
-    return int(empty.shape[1]) if empty is not None else 77
 
 
 def _concept_length(pass_: SegaPass, active, text_cond) -> int:
@@ -488,12 +458,12 @@ def _concept_length(pass_: SegaPass, active, text_cond) -> int:
 def _with_concept_rows(params, pass_: SegaPass, active, batch: int, call: int):
     """x, sigma, image_cond and text_cond with B rows per active concept, all built before
     any is handed back, so a failure leaves the host's tensors as they were."""
-    make_dict = _dict_maker(params.text_cond)
+    make_dict = concept_rows.dict_maker(params.text_cond)
     text = params.text_cond
     length = _concept_length(pass_, active, text)
-    concept = _concept_rows(pass_, active, batch, call, text, length)
+    concept = concept_rows.build(pass_, active, batch, call, text, length)
     if rows.token_length(text) < length:
-        text = rows.pad_tokens(text, length, _empty_chunk(), make_dict)
+        text = rows.pad_tokens(text, length, concept_rows.empty_chunk(), make_dict)
     return (
         rows.insert_before_last(params.x, batch, len(active)),
         rows.insert_before_last(params.sigma, batch, len(active)),
@@ -502,17 +472,8 @@ def _with_concept_rows(params, pass_: SegaPass, active, batch: int, call: int):
     )
 
 
-def _to_device(cond, like, make_dict):
-    if isinstance(cond, dict):
-        return make_dict({k: v.to(like[k].device) for k, v in cond.items()})
-    return cond.to(like.device)
 
 
-def _dict_maker(text_cond):
-    if isinstance(text_cond, dict):
-        shape_type = type(text_cond)
-        return lambda d: shape_type(d, d["crossattn"].shape) if shape_type is not dict else d
-    return dict
 
 
 def _host_skips_uncond(denoiser, sigma) -> bool:
@@ -588,6 +549,8 @@ def on_cfg_after_cfg(params) -> None:
 
 
 def register_callbacks() -> None:
+    if hosts.CURRENT == hosts.FORGE:
+        return  # Forge fires no on_cfg_denoised: SEGA joins through its UNet patcher (forge.py)
     # No name= keyword: WebUIs before 1.8 do not take it.
     script_callbacks.on_cfg_denoiser(on_cfg_denoiser)
     script_callbacks.on_cfg_denoised(on_cfg_denoised)

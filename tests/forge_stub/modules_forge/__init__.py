@@ -1,0 +1,1 @@
+"""Forge's `modules_forge` package: here only its presence (host detection, contract §7)."""

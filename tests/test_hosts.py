@@ -1,0 +1,95 @@
+"""What SEGA must do alike in every host, run over both stand-ins: AUTOMATIC1111 1.10.1
+(tests/webui_stub) and Forge (tests/forge_stub over it)."""
+
+from __future__ import annotations
+
+import forge
+import host_harness
+import pytest
+import torch
+from host_harness import init_latent, sega_values
+
+HOSTS = ["a1111", "forge"]
+_hosts: dict = {}
+
+
+@pytest.fixture(params=HOSTS)
+def host(request):
+    if request.param not in _hosts:
+        _hosts[request.param] = host_harness.Host() if request.param == "a1111" else forge.Host()
+    return _hosts[request.param]
+
+
+@pytest.mark.parametrize("sampler", ["Euler", "DPM++ 2M", "Heun"])
+def test_off_or_empty_is_bit_identical_and_on_changes_the_image(host, sampler):
+    baseline = host.generate(None, sampler_name=sampler, batch_size=2).images
+    off = host.generate(sega_values(enabled=False), sampler_name=sampler, batch_size=2)
+    empty = host.generate(sega_values(concepts="# nothing\n"), sampler_name=sampler, batch_size=2)
+    assert torch.equal(off.images, baseline) and torch.equal(empty.images, baseline)
+    assert off.extra_generation_params == {} and empty.extra_generation_params == {}
+    on = host.generate(sega_values(), sampler_name=sampler, batch_size=2)
+    assert not torch.equal(on.images, baseline)
+    assert torch.equal(on.images, host.generate(sega_values(), sampler_name=sampler, batch_size=2).images)
+    assert host.reported == [] and on.comments == {}
+    assert on.extra_generation_params["SEGA concepts"] == "smile\n-glasses"
+
+
+@pytest.mark.parametrize("kind", ["sd1", "sdxl", "v"])
+def test_each_model_family_is_guided(host, kind):
+    baseline = host.generate(None, kind=kind).images
+    on = host.generate(sega_values(warmup="0"), kind=kind)
+    assert not torch.equal(on.images, baseline) and torch.isfinite(on.images).all()
+    assert torch.equal(host.generate(sega_values(enabled=False), kind=kind).images, baseline)
+
+
+def test_reversed_concept_moves_the_other_way(host):
+    baseline = host.generate(None).images
+    towards = host.generate(sega_values("smile", warmup="0")).images - baseline
+    away = host.generate(sega_values("-smile", warmup="0")).images - baseline
+    assert (towards * away).sum() < 0
+
+
+def test_hires_fix_guides_both_passes_once(host):
+    first_only = host.generate(sega_values(warmup="0", hires=False), enable_hr=True, hr_scale=1.5)
+    both = host.generate(sega_values(warmup="0"), enable_hr=True, hr_scale=1.5)
+    baseline = host.generate(None, enable_hr=True, hr_scale=1.5)
+    assert not torch.equal(first_only.images, baseline.images)
+    assert not torch.equal(both.images, first_only.images)
+    assert host.reported == [] and both.comments == {}
+
+
+def test_img2img_is_guided_and_off_is_identical(host):
+    baseline = host.generate(None, img2img=True, denoising_strength=0.6).images
+    off = host.generate(sega_values(enabled=False), img2img=True, denoising_strength=0.6).images
+    on = host.generate(sega_values(warmup="0"), img2img=True, denoising_strength=0.6).images
+    assert torch.equal(off, baseline) and not torch.equal(on, baseline)
+
+
+@pytest.mark.parametrize("kind", ["sd1", "inpaint"])
+def test_inpainting_leaves_the_kept_region_untouched(host, kind):
+    mask = torch.zeros(8, 8)
+    mask[:, 4:] = 1  # repaint the right half
+    kwargs = dict(kind=kind, img2img=True, denoising_strength=0.75, mask=mask, init_images=init_latent(64, 64))
+    baseline = host.generate(None, **kwargs).images
+    on = host.generate(sega_values(warmup="0"), **kwargs).images
+    assert torch.equal(on[..., :4], baseline[..., :4])
+    assert not torch.equal(on[..., 4:], baseline[..., 4:])
+
+
+def test_bad_input_is_named_and_the_next_generation_is_clean(host):
+    bad = host.generate(sega_values(warmup="nonsense"))
+    assert any("SEGA off" in c and "warmup" in c.lower() for c in bad.comments)
+    assert "SEGA concepts" not in bad.p.extra_generation_params
+    baseline = host.generate(None).images
+    assert torch.equal(bad.images, baseline)
+    assert not torch.equal(host.generate(sega_values()).images, baseline)
+
+
+def test_an_engine_failure_stops_sega_and_says_so(host, monkeypatch):
+    host_harness.fail_engine_step_at(monkeypatch, 3)
+    result = host.generate(sega_values(warmup="0"))
+    assert any(c.startswith("SEGA stopped: an error") for c in result.comments)
+    assert "SEGA stopped" in result.p.extra_generation_params
+    monkeypatch.undo()
+    baseline = host.generate(None).images
+    assert torch.equal(host.generate(sega_values(enabled=False)).images, baseline)
