@@ -114,7 +114,10 @@ class Host:
             w.shared.state.reset()
             p_kwargs.setdefault("prompt", "a photo of a face")
             p_kwargs.setdefault("steps", 6)
-            runner = w.scripts.ScriptRunner([(self.script, len(FIELDS))]) if values is not None else None
+            entries = [(s, 0) for s in getattr(self, "extra_scripts", ())]
+            if values is not None:
+                entries.append((self.script, len(FIELDS)))
+            runner = w.scripts.ScriptRunner(entries) if entries else None
             if img2img:
                 p_kwargs.setdefault("init_images", host_harness.init_latent(p_kwargs.get("width", 64),
                                                                             p_kwargs.get("height", 64)))

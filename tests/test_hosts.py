@@ -93,3 +93,20 @@ def test_an_engine_failure_stops_sega_and_says_so(host, monkeypatch):
     monkeypatch.undo()
     baseline = host.generate(None).images
     assert torch.equal(host.generate(sega_values(enabled=False)).images, baseline)
+
+
+@pytest.mark.parametrize("sampler", ["Euler a", "DPM++ 2M SDE"])
+def test_editing_a_photo_reconstructs_it_with_no_concept_and_edits_it_with_one(host, sampler):
+    photo = init_latent(64, 64)
+    kwargs = dict(img2img=True, denoising_strength=1.0, init_images=photo, sampler_name=sampler)
+    host.w.host.edit.clear_cache()
+    back = host.generate(sega_values("", invert=True), **kwargs)
+    assert back.comments == {} and (back.images - photo).abs().max() < 1e-4
+    edited = host.generate(sega_values("smile", invert=True, warmup="0"), **kwargs)
+    assert edited.comments == {} and (edited.images - photo).abs().max() > 1e-2
+
+
+def test_a_sampler_that_cannot_invert_says_so_and_runs_img2img_with_sega(host):
+    result = host.generate(sega_values("smile", invert=True), img2img=True, denoising_strength=1.0,
+                           init_images=init_latent(64, 64), sampler_name="Euler")
+    assert any("was not inverted" in c for c in result.comments)

@@ -1,0 +1,154 @@
+"""SEGA's cost per step on Forge's path (sega_webui/forge.py), in the Forge stand-in.
+
+    python bench/forge.py            # CPU, the tiny shape of bench/run.py, about a minute
+
+Forge evaluates the prompt and the negative prompt in one call of 2B rows; SEGA adds one
+call of N·B rows for the concepts (forge-contract.md §1), so a SEGA step can cost no less
+than those two calls. Per step (Euler, median of --repeats runs, interleaved):
+
+- plain: a txt2img generation without SEGA;
+- SEGA with N = 1, 2, 4 concepts (warm-up 0: every concept in every step);
+- the bound: the plain generation with a post-CFG function that only makes the concepts'
+  call — the same rows through the same `calc_cond_uncond_batch`, and nothing else;
+- SEGA's own time inside its pre/post-CFG functions, the model call taken out, against one
+  plain model call of 2B rows (target ≤ 1 %).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
+
+import forge  # noqa: E402
+import host_harness  # noqa: E402
+from run import CONCEPTS, TINY, build_model  # noqa: E402
+
+
+class ForgeBench:
+    def __init__(self, shape, repeats: int):
+        self.shape, self.repeats = shape, repeats
+        host_harness._models[shape.kind] = build_model(shape, torch.device("cpu"), torch.float32)
+        self.host = forge.Host()
+
+    def generate(self, values=None, scripts=()):
+        s = self.shape
+        stamps = []
+        with forge.active() as w:
+            callbacks = w.script_callbacks.callbacks["cfg_denoiser"]
+            stamp = lambda params: stamps.append(time.perf_counter())  # noqa: E731
+            callbacks.append(stamp)
+            try:
+                self.host.extra_scripts = list(scripts)
+                self.host.generate(values, kind=s.kind, sampler_name="Euler", steps=s.steps, batch_size=s.batch,
+                                   width=s.latent * 8, height=s.latent * 8, cfg_scale=7.0)
+            finally:
+                callbacks.remove(stamp)
+                self.host.extra_scripts = []
+        assert self.host.reported == [], self.host.reported[0]
+        return (stamps[-1] - stamps[0]) / (len(stamps) - 1)
+
+    def runs(self, n):
+        values = host_harness.sega_values("\n".join(CONCEPTS[:n]), warmup="0")
+        return [lambda: self.generate(), lambda: self.generate(values),
+                lambda: self.generate(scripts=[ConceptCall(n)])]
+
+    def median_of(self, runs):
+        for run in runs:
+            run()
+        times = [[] for _ in runs]
+        for _ in range(self.repeats):
+            for i, run in enumerate(runs):
+                times[i].append(run())
+        return [statistics.median(t) for t in times]
+
+    def own_time(self, n):
+        """Seconds per step inside SEGA's pre/post-CFG functions, its model call taken out,
+        and one plain model call of 2B rows."""
+        with forge.active():
+            from backend.sampling import sampling_function as sf
+
+            import sega_webui.forge as forge_path
+            real_post, real_call = forge_path.ForgePatch.post_cfg, sf.calc_cond_uncond_batch
+            spent = {"post": 0.0, "model": 0.0, "steps": 0, "inside": False}
+
+            def timed_call(*args, **kwargs):
+                t = time.perf_counter()
+                out = real_call(*args, **kwargs)
+                if spent["inside"]:  # SEGA's own call, not the host's
+                    spent["model"] += time.perf_counter() - t
+                return out
+
+            def timed_post(self, args):
+                spent["inside"] = True
+                t = time.perf_counter()
+                try:
+                    return real_post(self, args)
+                finally:
+                    spent["post"] += time.perf_counter() - t
+                    spent["steps"] += 1
+                    spent["inside"] = False
+
+            forge_path.ForgePatch.post_cfg, sf.calc_cond_uncond_batch = timed_post, timed_call
+            try:
+                self.generate(host_harness.sega_values("\n".join(CONCEPTS[:n]), warmup="0"))
+                spent.update(post=0.0, model=0.0, steps=0)
+                self.generate(host_harness.sega_values("\n".join(CONCEPTS[:n]), warmup="0"))
+            finally:
+                forge_path.ForgePatch.post_cfg, sf.calc_cond_uncond_batch = real_post, real_call
+        return (spent["post"] - spent["model"]) / spent["steps"]
+
+
+class ConceptCall:
+    """The bound's script: a post-CFG function that makes a call of N·B rows from the
+    prompt's cond dict, as SEGA's does, and changes nothing."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def process_before_every_sampling(self, p, *args, **kwargs):
+        from backend.sampling.sampling_function import calc_cond_uncond_batch
+
+        unet = p.sd_model.forge_objects.unet.clone()
+
+        def post(args):
+            x = args["input"]
+            calc_cond_uncond_batch(args["model"], [args["cond"][0]], None, x.repeat(self.n, 1, 1, 1),
+                                   args["sigma"].repeat(self.n), args["model_options"])
+            return args["denoised"]
+
+        unet.set_model_sampler_post_cfg_function(post)
+        p.sd_model.forge_objects.unet = unet
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    shape = TINY
+    b = ForgeBench(shape, args.repeats)
+    lines = [f"### Forge path — {shape.name}, {shape.steps} steps (Euler), batch {shape.batch}, CPU float32, "
+             f"torch {torch.__version__}, {torch.get_num_threads()} threads", "",
+             "| run | per step (ms) | ÷ plain | bound ÷ plain | ÷ bound | target |", "|---|---|---|---|---|---|"]
+    for n in (1, 2, 4):
+        plain, sega, bound = b.median_of(b.runs(n))
+        ok = sega <= 1.05 * bound
+        lines.append(f"| SEGA, {n} concept{'s' if n > 1 else ''} | {sega * 1e3:.2f} | {sega / plain:.3f} | "
+                     f"{bound / plain:.3f} | {sega / bound:.3f} | ≤ 1.05× bound: {'yes' if ok else 'NO'} |")
+    plain = b.median_of([lambda: b.generate()])[0]
+    own = b.own_time(4)
+    lines += ["", f"SEGA's own time in its pre/post-CFG functions, 4 concepts (model call taken out): "
+              f"{own * 1e3:.3f} ms per step = {100 * own / plain:.2f} % of a plain step's model call "
+              f"({plain * 1e3:.2f} ms; target ≤ 1 %)."]
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
