@@ -54,10 +54,10 @@ class ConceptMaps:
     def _flush(self) -> None:
         if self._pending is None:
             return
-        if self._total is None:
-            self._total = self._pending.div_(self._pending_calls)
-        else:
-            self._total.add_(self._pending, alpha=1.0 / self._pending_calls)
+        # Out of place: the last flush runs after sampling, and a host that samples under
+        # torch.inference_mode (Forge) forbids in-place updates of its tensors outside it.
+        step = self._pending / self._pending_calls
+        self._total = step if self._total is None else self._total + step
         self._pending, self._pending_step, self._pending_calls = None, None, 0
 
     def result(self) -> torch.Tensor | None:
@@ -93,8 +93,8 @@ class _MaskShare:
     def _flush(self) -> None:
         if self._pending is None:
             return
-        share = self._pending.div_(self._calls)
-        self._sum = share if self._sum is None else self._sum.add_(share)
+        share = self._pending / self._calls  # out of place, as ConceptMaps._flush
+        self._sum = share if self._sum is None else self._sum + share
         self._steps = self._acting if self._steps is None else self._steps + self._acting
         self._pending, self._step = None, None
 

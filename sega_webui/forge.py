@@ -110,6 +110,13 @@ class ForgePatch:
         self.run, self.p, self.pass_, self.space = run, p, pass_, space
         self.has_uncond = False  # set by pre_cfg for the step that is being computed
 
+    def __deepcopy__(self, memo):
+        # Every clone of a UNet patcher deep-copies its model_options, and with them the
+        # objects our bound methods hang on: a later clone (Forge's hires hook, another
+        # extension's patch) must call THIS pass's functions, not a copy of the run and of
+        # `p` (which also holds locks that cannot be copied).
+        return self
+
     def pre_cfg(self, model, cond, uncond, x, timestep, model_options):
         self.has_uncond = uncond is not None
         return model, cond, uncond, x, timestep, model_options

@@ -5,6 +5,8 @@ off on Forge with its reason."""
 
 from __future__ import annotations
 
+import threading
+
 import forge
 import host_harness
 import pytest
@@ -107,11 +109,15 @@ def test_the_concepts_rows_are_reserved_with_forges_memory_manager(host):
 def test_another_extensions_cfg_patch_stays_and_sega_adds_to_it(host):
     """Dynamic Thresholding's Forge port sets the CFG function on its own clone, before or
     after SEGA's: both act."""
-    used = []
+    used, shared = [], []
 
     class Thresholding:
         def process_before_every_sampling(self, p, *args, **kwargs):
+            p.host_lock = threading.Lock()  # the real `p` holds locks: a deep copy of it fails
+            before = p.sd_model.forge_objects.unet.model_options.get("sampler_post_cfg_function", [])
             unet = p.sd_model.forge_objects.unet.clone()
+            after = unet.model_options.get("sampler_post_cfg_function", [])
+            shared.append(all(a.__self__ is b.__self__ for a, b in zip(after, before, strict=True)))
 
             def cfg(args):
                 used.append(1)
@@ -139,3 +145,9 @@ def test_another_extensions_cfg_patch_stays_and_sega_adds_to_it(host):
     for first in (True, False):
         together, n = run(sega_values(warmup="0"), first)
         assert n == 4 and not torch.equal(together, alone)
+    assert shared and all(shared)  # a clone after SEGA's calls SEGA's own patch, not a copy
+
+
+def test_guidance_maps_come_out_of_forges_inference_mode(host):
+    result = host.generate(sega_values(warmup="0", show_maps=True), pil_images=True)
+    assert host.reported == [] and len(result.images) == 1 + 3  # the image, two concepts and all

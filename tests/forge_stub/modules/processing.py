@@ -3,14 +3,19 @@ order around sampling — `sd_model.forge_objects` is reset from
 `forge_objects_after_applying_lora` before every `process_before_every_sampling` (so an
 extension's UNet clone lives for one pass), and the hires pass calls
 `process_before_every_sampling` twice: once before the reset (after `before_hr`), once
-after it (processing.py `sample_hr_pass`)."""
+after it (processing.py `sample_hr_pass`); the batches run under `torch.inference_mode`."""
 
 from pathlib import Path
 
 import torch
 
 _A1111 = Path(__file__).resolve().parents[2] / "webui_stub" / "modules" / "processing.py"
-exec(compile(_A1111.read_text(), str(_A1111), "exec"), globals())  # noqa: S102 - the A1111 stand-in's processing
+# Forge runs the batches under torch.inference_mode (process_images_inner), A1111 under no_grad:
+# tensors made while sampling cannot be updated in place after it.
+_SOURCE = _A1111.read_text()
+assert _SOURCE.count("with torch.no_grad():") == 1
+exec(compile(_SOURCE.replace("with torch.no_grad():", "with torch.inference_mode():"), str(_A1111), "exec"),  # noqa: S102
+     globals())
 
 
 def _reset_forge_objects():
