@@ -6,6 +6,8 @@ skip the uncond (skip_early_cond, NGMS), hands everything to the backend's
 predictor) and into the guided result (with the scripts' on_mask_blend), then fires
 `on_cfg_after_cfg`."""
 
+from pathlib import Path
+
 import torch
 from backend.sampling.sampling_function import sampling_function
 
@@ -19,78 +21,58 @@ from modules.script_callbacks import (
 from modules.scripts import MaskBlendArgs
 from modules.shared import state
 
+# Forge keeps A1111's CFGDenoiser attributes and helpers; only `forward` differs.
+_A1111 = Path(__file__).resolve().parents[2] / "webui_stub" / "modules" / "sd_samplers_cfg_denoiser.py"
+exec(compile(_A1111.read_text(), str(_A1111), "exec"), globals())  # noqa: S102 - the A1111 stand-in's denoiser
 
-class CFGDenoiser(torch.nn.Module):
-    def __init__(self, sampler):
-        super().__init__()
-        self.model_wrap = None
-        self.mask = None
-        self.nmask = None
-        self.init_latent = None
-        self.steps = None
-        self.total_steps = None
-        self.step = 0
-        self.image_cfg_scale = None
-        self.sampler = sampler
-        self.p = None
-        self.need_last_noise_uncond = False
-        self.last_noise_uncond = None
-        self.mask_before_denoising = False
 
-    @property
-    def inner_model(self):
-        raise NotImplementedError
+def _forward(self, x, sigma, uncond, cond, cond_scale, s_min_uncond, image_cond):
+    if state.interrupted or state.skipped:
+        raise sd_samplers_common.InterruptedException
 
-    def update_inner_model(self):
-        self.model_wrap = None
-        c, uc = self.p.get_conds()
-        self.sampler.sampler_extra_args["cond"] = c
-        self.sampler.sampler_extra_args["uncond"] = uc
+    if sd_samplers_common.apply_refiner(self, x):
+        cond = self.sampler.sampler_extra_args["cond"]
+        uncond = self.sampler.sampler_extra_args["uncond"]
 
-    def forward(self, x, sigma, uncond, cond, cond_scale, s_min_uncond, image_cond):
-        if state.interrupted or state.skipped:
-            raise sd_samplers_common.InterruptedException
+    cond_composition, cond = prompt_parser.reconstruct_multicond_batch(cond, self.step)
+    uncond = prompt_parser.reconstruct_cond_batch(uncond, self.step) if uncond is not None else None
 
-        if sd_samplers_common.apply_refiner(self, x):
-            cond = self.sampler.sampler_extra_args["cond"]
-            uncond = self.sampler.sampler_extra_args["uncond"]
+    if self.mask is not None:
+        predictor = self.inner_model.inner_model.forge_objects.unet.model.predictor
+        noisy = predictor.noise_scaling(sigma[:, None, None, None], torch.randn_like(self.init_latent),
+                                        self.init_latent, max_denoise=False)
+        x = x * self.nmask + noisy * self.mask
 
-        cond_composition, cond = prompt_parser.reconstruct_multicond_batch(cond, self.step)
-        uncond = prompt_parser.reconstruct_cond_batch(uncond, self.step) if uncond is not None else None
+    params = CFGDenoiserParams(x, image_cond, sigma, state.sampling_step, state.sampling_steps, cond, uncond, self)
+    cfg_denoiser_callback(params)
 
-        if self.mask is not None:
-            predictor = self.inner_model.inner_model.forge_objects.unet.model.predictor
-            noisy = predictor.noise_scaling(sigma[:, None, None, None], torch.randn_like(self.init_latent),
-                                            self.init_latent, max_denoise=False)
-            x = x * self.nmask + noisy * self.mask
+    if getattr(self.p, "is_hr_pass", False) and getattr(self.p, "hr_cfg", None) is not None:
+        cond_scale = self.p.hr_cfg
 
-        params = CFGDenoiserParams(x, image_cond, sigma, state.sampling_step, state.sampling_steps, cond, uncond, self)
-        cfg_denoiser_callback(params)
+    opts = shared.opts
+    if opts.skip_early_cond > 0 and self.step / self.total_steps <= opts.skip_early_cond:
+        cond_scale = 1.0
+    elif (self.step % 2 or opts.s_min_uncond_all) and s_min_uncond > 0 and sigma[0] < s_min_uncond:
+        cond_scale = 1.0
 
-        if getattr(self.p, "is_hr_pass", False) and getattr(self.p, "hr_cfg", None) is not None:
-            cond_scale = self.p.hr_cfg
+    denoised, cond_pred, uncond_pred = sampling_function(self, denoiser_params=params, cond_scale=cond_scale,
+                                                         cond_composition=cond_composition)
 
-        opts = shared.opts
-        if opts.skip_early_cond > 0 and self.step / self.total_steps <= opts.skip_early_cond:
-            cond_scale = 1.0
-        elif (self.step % 2 or opts.s_min_uncond_all) and s_min_uncond > 0 and sigma[0] < s_min_uncond:
-            cond_scale = 1.0
+    if self.mask is not None:
+        blended = denoised * self.nmask + self.init_latent * self.mask
+        if self.p.scripts is not None:
+            mba = MaskBlendArgs(denoised, self.nmask, self.init_latent, self.mask, blended, denoiser=self, sigma=sigma)
+            self.p.scripts.on_mask_blend(self.p, mba)
+            blended = mba.blended_latent
+        denoised = blended
 
-        denoised, cond_pred, uncond_pred = sampling_function(self, denoiser_params=params, cond_scale=cond_scale,
-                                                             cond_composition=cond_composition)
+    self.sampler.last_latent = denoised
+    after = AfterCFGCallbackParams(denoised, state.sampling_step, state.sampling_steps)
+    cfg_after_cfg_callback(after)
+    denoised = after.x
 
-        if self.mask is not None:
-            blended = denoised * self.nmask + self.init_latent * self.mask
-            if self.p.scripts is not None:
-                mba = MaskBlendArgs(denoised, self.nmask, self.init_latent, self.mask, blended, denoiser=self, sigma=sigma)
-                self.p.scripts.on_mask_blend(self.p, mba)
-                blended = mba.blended_latent
-            denoised = blended
+    self.step += 1
+    return denoised
 
-        self.sampler.last_latent = denoised
-        after = AfterCFGCallbackParams(denoised, state.sampling_step, state.sampling_steps)
-        cfg_after_cfg_callback(after)
-        denoised = after.x
 
-        self.step += 1
-        return denoised
+CFGDenoiser.forward = _forward  # noqa: F821
