@@ -82,6 +82,8 @@ class SegaArgs:
                 text = named.get("concepts") or ""
                 if not isinstance(text, str):
                     raise SegaInputError("concepts", "search/replace needs the concepts as text")
+                if search not in text:  # as the WebUI's Prompt S/R: a plot of identical cells says nothing
+                    raise SegaInputError("concepts", f"Concepts S/R did not find {search!r} in the concepts")
                 named["concepts"] = text.replace(search, replace_with)
             else:
                 named[key] = value

@@ -25,6 +25,7 @@ generation that died are found by their mark and removed before new ones go on.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import torch
@@ -78,6 +79,11 @@ def token_positions(tokenizer, text: str) -> list[int]:
 def find_tokenizer(model):
     """The object with the WebUI's `tokenize_line`: the cond stage model (SD 1.x/2.x) or,
     for SDXL's conditioner, its first text embedder that has one."""
+    # Forge's engines keep theirs as text processing engines (SDXL: the CLIP-L one; both
+    # of its encoders cut the prompt alike).
+    for name in ("text_processing_engine", "text_processing_engine_l"):
+        if hasattr(getattr(model, name, None), "tokenize_line"):
+            return getattr(model, name)
     cond_stage = getattr(model, "cond_stage_model", None)
     if hasattr(cond_stage, "tokenize_line"):
         return cond_stage
@@ -180,13 +186,16 @@ class ConceptAttention:
         return (call.total / float(sum(call.heads.values()))).view(call.rows, *grid)
 
     def _observe(self, module, args, kwargs) -> None:
-        call = self.call
         x = args[0] if args else kwargs.get("x", kwargs.get("hidden_states"))
         context = kwargs.get("context", kwargs.get("encoder_hidden_states"))
         if context is None and len(args) > 1:
             context = args[1]
-        if x is None or context is None:
-            return
+        if x is not None and context is not None:
+            self.observe(module, x, context)
+
+    def observe(self, module, x: torch.Tensor, context: torch.Tensor) -> None:
+        """`module`'s query input `x` and context for the rows the armed call sees next."""
+        call = self.call
         offset = call.seen.get(module, 0)
         call.seen[module] = offset + x.shape[0]
         if x.shape[1] != call.positions:
@@ -194,15 +203,91 @@ class ConceptAttention:
         lo, hi = max(offset, call.start), min(offset + x.shape[0], call.start + call.rows)
         if lo >= hi:
             return
-        rows = slice(lo - offset, hi - offset)
+        self._add(module, x[lo - offset : hi - offset], context[lo - offset : hi - offset], lo - call.start)
+
+    def _add(self, module, x: torch.Tensor, context: torch.Tensor, at: int) -> None:
+        """Add the attention of these rows, concept rows `at`… of the armed call."""
+        call = self.call
         with torch.no_grad():
-            summed = concept_attention(module, x[rows], context[rows], call.columns_for(context.shape[1])[
-                lo - call.start : hi - call.start], self.key_context)
+            summed = concept_attention(module, x, context, call.columns_for(context.shape[1])[at : at + x.shape[0]],
+                                       self.key_context)
         if call.total is None:
             call.total = summed.new_zeros((call.rows, call.positions))
-        call.total[lo - call.start : hi - call.start] += summed
+        call.total[at : at + x.shape[0]] += summed
         call.heads[module] = module.heads
-        call.covered[module] = call.covered.get(module, 0) + hi - lo
+        call.covered[module] = call.covered.get(module, 0) + x.shape[0]
+
+
+# ldm's names, which Forge's and reForge's UNets keep: input_blocks.7.1.transformer_blocks.0.attn2
+_LDM_ATTN2 = re.compile(r"(?:^|\.)(input|output)_blocks\.(\d+)\.(?:\d+\.)?(?:transformer_blocks\.(\d+)\.)?attn2$")
+
+
+def ldm_attention_layers(diffusion_model) -> dict:
+    """{(block kind, block id, index in its transformer): attn2} of the down and up blocks,
+    keyed as the ComfyUI-style hosts name a transformer block to its patches."""
+    out = {}
+    # Every name a layer has (a host may show one layer under more than one).
+    for name, module in diffusion_model.named_modules(remove_duplicate=False):
+        m = _LDM_ATTN2.search(name)
+        if m and all(hasattr(module, a) for a in ("to_q", "to_k", "heads")):
+            out[(m.group(1), int(m.group(2)), int(m.group(3) or 0))] = module
+    return out
+
+
+class PatchedAttention(ConceptAttention):
+    """The same reading through the host's `attn2_patch` (Forge, reForge: forge-contract.md
+    §4) instead of forward hooks: those hosts call the patch with the normalised hidden
+    states and the context right before `attn2` — also when another patch (IP-Adapter)
+    replaces the attention itself, which a forward hook would never see. The patch only
+    observes: it hands back what it was given. The layer comes from the block the host
+    names in `extra_options`, its `to_q`/`to_k` are called as the host calls them (never
+    its weights read: Forge may keep them offloaded or quantised)."""
+
+    def __init__(self, diffusion_model):
+        self.first_list = None  # reForge: the cond list of the first concept, see arm_lists
+        self.by_block = ldm_attention_layers(diffusion_model)
+        self.layers = [(f"{kind}_blocks.{i}.transformer_blocks.{j}.attn2", m) for (kind, i, j), m in self.by_block.items()]
+        self.key_context = None  # these hosts have no hypernetworks inside the attention
+        self.handles = []
+        self.call = None
+
+    def install(self) -> None:
+        pass
+
+    def remove(self) -> None:
+        self.call = None
+
+    def arm(self, start: int, rows: int, grid: tuple[int, int], columns: torch.Tensor) -> None:
+        self.first_list = None
+        super().arm(start, rows, grid, columns)
+
+    def arm_lists(self, first_list: int, rows: int, grid: tuple[int, int], columns: torch.Tensor) -> None:
+        """Watch a call that batches several cond lists (reForge's calc_cond_batch): the
+        concepts are lists first_list, first_list + 1, …, B rows each. The host packs the
+        lists into calls in its own order and says which list each B-row chunk is of
+        (`cond_or_uncond`), so rows are found by that, not counted."""
+        super().arm(0, rows, grid, columns)
+        self.first_list = first_list
+
+    def patch(self, n, context, value, extra_options):
+        if self.call is not None and context is not None and n.shape[1] == self.call.positions:
+            block = extra_options.get("block") or ("", -1)
+            module = self.by_block.get((block[0], block[1], extra_options.get("block_index", 0)))
+            if module is not None:
+                if self.first_list is None:
+                    self.observe(module, n, context)
+                else:
+                    self._observe_lists(module, n, context, extra_options.get("cond_or_uncond") or ())
+        return n, context, value
+
+    def _observe_lists(self, module, n, context, lists) -> None:
+        if not lists or n.shape[0] % len(lists):
+            return
+        b = n.shape[0] // len(lists)
+        for j, index in enumerate(lists):
+            slot = index - self.first_list
+            if 0 <= slot and (slot + 1) * b <= self.call.rows:
+                self._add(module, n[j * b : (j + 1) * b], context[j * b : (j + 1) * b], slot * b)
 
 
 def concept_attention(module, x, context, columns, key_context=None) -> torch.Tensor:
@@ -218,7 +303,9 @@ def concept_attention(module, x, context, columns, key_context=None) -> torch.Te
     heads = module.heads
     q = q.view(rows, queries, heads, inner // heads).transpose(1, 2).float()
     k = k.view(rows, k.shape[1], heads, inner // heads).transpose(1, 2).float()
-    probs = torch.matmul(q, k.transpose(-1, -2)).mul_(float(module.scale)).softmax(dim=-1)
+    # Forge's and reForge's layers keep no `scale`: theirs is the usual 1/√d.
+    scale = getattr(module, "scale", None) or (inner // heads) ** -0.5
+    probs = torch.matmul(q, k.transpose(-1, -2)).mul_(float(scale)).softmax(dim=-1)
     return torch.einsum("rhqt,rt->rq", probs, columns.to(probs.device, torch.float32))
 
 
@@ -248,19 +335,24 @@ def token_columns(tokenizer, texts, phase, active, batch: int, length: int, devi
     return out.repeat_interleave(batch, dim=0).to(device)
 
 
+def concept_columns(pass_, model, active, batch: int, call: int, schedule_index, device) -> torch.Tensor:
+    """The active concepts' token columns for this call [K·B, L], cached on the pass."""
+    phase = tuple(schedule_index(s, call) if len(t) == len(s) else None for s, t in zip(
+        pass_.schedules, pass_.texts, strict=True))
+    key = ("columns", phase, tuple(active), batch, device)
+    if key not in pass_.rows_cache:
+        pass_.rows_cache[key] = token_columns(
+            find_tokenizer(model), pass_.texts, phase, active, batch, max(pass_.tokens), device)
+    return pass_.rows_cache[key]
+
+
 def prepare_call(pass_, record, call: int, schedule_index, arm: bool) -> None:
     """The concepts' token columns for this call, and (`arm`: widened path) the attention
     hooks armed for the host's model call; the separate path arms them for its own call."""
     if pass_.masks is None:
         pass_.masks = ConceptAttention(pass_.model, hypernetwork_keys())
-    phase = tuple(schedule_index(s, call) if len(t) == len(s) else None for s, t in zip(
-        pass_.schedules, pass_.texts, strict=True))
-    key = ("columns", phase, record.active, record.batch, record.x.device)
-    if key not in pass_.rows_cache:
-        pass_.rows_cache[key] = token_columns(
-            find_tokenizer(pass_.model), pass_.texts, phase, record.active, record.batch,
-            max(pass_.tokens), record.x.device)
-    record.mask_columns = pass_.rows_cache[key]
+    record.mask_columns = concept_columns(pass_, pass_.model, record.active, record.batch, call, schedule_index,
+                                          record.x.device)
     if arm:
         pass_.masks.arm(record.cond_rows, len(record.active) * record.batch, attention_grid(*record.x.shape[-2:]),
                         record.mask_columns)

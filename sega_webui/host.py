@@ -40,7 +40,19 @@ from sega.errors import SegaInputError
 from sega.fields import FIELDS
 from sega.guidance import SegaGuidance
 from sega.masks import attention_grid
-from sega_webui import attention, compat, concept_rows, edit, forge, hosts, inpaint, models, refiner, rows
+from sega_webui import (
+    attention,
+    compat,
+    concept_rows,
+    edit,
+    forge,
+    hosts,
+    inpaint,
+    models,
+    refiner,
+    reforge,
+    rows,
+)
 from sega_webui.steps import StepClock, real_steps, sampler_family
 
 try:  # timestep samplers (DDIM, PLMS, UniPC) return ε, k-diffusion ones x0
@@ -54,8 +66,8 @@ RUN_ATTR = "sega_run"
 OFF_KEY = "SEGA off"
 STOPPED_KEY = "SEGA stopped"
 _UNKNOWN = object()
-REFORGE_OFF = ("reForge samples through its own backend, which SEGA does not support yet "
-               "(it works in AUTOMATIC1111 1.10 and in Forge)")
+# The hosts that sample through a UNet patcher: their sampling plumbing, behind one call.
+_PATCHER_HOSTS = {hosts.FORGE: forge, hosts.REFORGE: reforge}
 
 
 @dataclass
@@ -266,10 +278,8 @@ def _begin_pass(p, run: SegaRun) -> None:
         return
     sampler = p.sampler
     reason = unsupported_reason(p, model)
-    if hosts.CURRENT == hosts.A1111:  # Forge's samplers all return x0, of SD3 too
+    if hosts.CURRENT == hosts.A1111:  # the patcher hosts' samplers all hand SEGA x0, of SD3 too
         reason = reason or models.sampler_problem(model, getattr(sampler, "model_wrap_cfg", None))
-    elif hosts.CURRENT == hosts.REFORGE:
-        reason = REFORGE_OFF
     if reason:
         run.fail(p, None, reason)
         return
@@ -284,10 +294,15 @@ def _begin_pass(p, run: SegaRun) -> None:
     pass_ = SegaPass(run.args, model, sampler, schedules, StepClock(name, second_order), hires=hires, texts=texts)
     pass_.low_vram = bool(getattr(shared.opts, "sega_low_vram", False))
     pass_.edit = edit.plan(p, run, sampler, hires)
+    plumbing = _PATCHER_HOSTS.get(hosts.CURRENT)
+    problem = plumbing.edit_problem() if plumbing is not None and pass_.edit is not None else None
+    if problem:
+        pass_.edit.decline(problem)
+        pass_.edit = None
     _hook_sampler(sampler, pass_, name)
     run.current = pass_
-    if hosts.CURRENT == hosts.FORGE:
-        forge.install(p, run, pass_)
+    if plumbing is not None:
+        plumbing.install(p, run, pass_)
 
 
 def unsupported_reason(p, model) -> str | None:
@@ -439,16 +454,6 @@ def _plan_call(params, run: SegaRun, pass_: SegaPass, p):
     return record, _with_concept_rows(params, pass_, active, batch, denoiser.step)
 
 
-
-
-
-
-
-
-
-
-
-
 def _concept_length(pass_: SegaPass, active, text_cond) -> int:
     """Tokens of one row of the widened call: the prompt's or the longest active concept's."""
     lead = 0 if pass_.lead is None else 1
@@ -470,10 +475,6 @@ def _with_concept_rows(params, pass_: SegaPass, active, batch: int, call: int):
         rows.insert_before_last(params.image_cond, batch, len(active)),
         rows.cat_conds(text, concept, make_dict),
     )
-
-
-
-
 
 
 def _host_skips_uncond(denoiser, sigma) -> bool:
@@ -549,8 +550,8 @@ def on_cfg_after_cfg(params) -> None:
 
 
 def register_callbacks() -> None:
-    if hosts.CURRENT == hosts.FORGE:
-        return  # Forge fires no on_cfg_denoised: SEGA joins through its UNet patcher (forge.py)
+    if hosts.CURRENT in _PATCHER_HOSTS:
+        return  # no on_cfg_denoised there: SEGA joins through the UNet patcher (forge.py, reforge.py)
     # No name= keyword: WebUIs before 1.8 do not take it.
     script_callbacks.on_cfg_denoiser(on_cfg_denoiser)
     script_callbacks.on_cfg_denoised(on_cfg_denoised)

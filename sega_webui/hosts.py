@@ -4,9 +4,10 @@
 - Forge (stable-diffusion-webui-forge 2.x): samples through `backend.sampling.sampling_function`,
   whose CFG denoiser never fires `on_cfg_denoised` and ignores added cond rows; SEGA joins
   through a UNet patcher's pre/post-CFG functions (forge.py).
+- reForge: `modules_forge` without Forge 2's backend; samples through
+  `ldm_patched.modules.samplers`, whose batched call takes extra cond lists: SEGA joins it
+  through a composable CALC_COND_BATCH wrapper and a post-CFG function (reforge.py).
 - AUTOMATIC1111 (1.10.x): the CFG callbacks (host.py).
-reForge is not served yet: it has `modules_forge` without Forge 2's backend, and on it
-SEGA says that it is off rather than act on rows that are not there.
 """
 
 from __future__ import annotations

@@ -54,7 +54,8 @@ def test_steps_forge_computes_no_uncond_for_are_left_alone(host):
     finally:
         opts.skip_early_cond = 0.0
     # Calls 0-2 (step/total ≤ 0.5) skip the uncond: plain cond rows, no concept call.
-    assert host.calls() == [1, 1, 1, 2, 2] and result.comments == {}
+    assert host.calls() == [1, 1, 1, 2, 2]
+    assert result.comments == {host.w.host.forge.patcher.UNGUIDED: 1}
 
 
 def test_hires_fix_patches_once_although_forge_hooks_twice(host):
@@ -82,16 +83,100 @@ def test_the_term_equals_the_a1111_paths(monkeypatch):
     assert seen["forge"][2].abs().max() > 0
 
 
-def test_masks_and_models_beyond_the_webuis_are_off_with_the_reason(host, monkeypatch):
+def test_models_beyond_the_webuis_are_off_with_the_reason(host, monkeypatch):
     baseline = host.generate(None).images
-    masked = host.generate(sega_values(mask="attention"))
-    assert masked.comments == {"SEGA off: " + host.w.host.forge.NO_MASKS: 1}
-    assert torch.equal(masked.images, baseline)
     engine = host.engine("sd1")
     monkeypatch.setattr(engine, "is_webui_legacy_model", lambda: False, raising=False)
     flux = host.generate(sega_values())
     assert flux.p.extra_generation_params == {"SEGA off": host.w.host.forge.NOT_LEGACY}
     assert torch.equal(flux.images, baseline)
+
+
+MASKED = dict(width=128, height=128)  # a 4 × 4 attention grid
+
+
+def _maps_seen(monkeypatch):
+    seen = []
+    real = SegaGuidance.step
+
+    def spy(self, step, uncond, concepts, *args, attention=None, **kwargs):
+        seen.append(None if attention is None else attention.clone())
+        return real(self, step, uncond, concepts, *args, attention=attention, **kwargs)
+
+    monkeypatch.setattr(SegaGuidance, "step", spy)
+    return seen
+
+
+@pytest.mark.parametrize("kind", ["sd1+attn", "sdxl+attn"])
+def test_the_masks_attention_equals_the_a1111_paths(monkeypatch, kind):
+    """The same model, sampler and seed: the attention maps Forge's attn2 patch reads are the
+    ones A1111's forward hooks read, step for step, and so is the image's guidance."""
+    seen = _maps_seen(monkeypatch)
+    values = sega_values(warmup="1", mask="intersect")
+    maps = {}
+    for name, h in (("a1111", host_harness.Host()), ("forge", forge.Host())):
+        seen.clear()
+        result = h.generate(values, kind=kind, batch_size=2, steps=4, **MASKED)
+        assert h.reported == [] and not any("SEGA" in c for c in result.comments)
+        assert result.p.extra_generation_params["SEGA mask"] == "intersect"
+        maps[name] = [m for m in seen if m is not None]
+    assert len(maps["forge"]) == len(maps["a1111"]) == 4  # the warm-up step computes them too
+    # The first guided step sees the same latent on both hosts; later ones drift apart as
+    # the hosts round their CFG differently.
+    torch.testing.assert_close(maps["forge"][0], maps["a1111"][0], rtol=1e-4, atol=1e-6)
+    assert maps["forge"][0].shape == (2, 2, 4, 4) and maps["forge"][0].sum() > 0
+
+
+def test_masks_read_the_attention_also_when_another_patch_replaces_it(monkeypatch):
+    """IP-Adapter replaces the attention of every cross-attention layer (patches_replace
+    "attn2"), so no forward hook would see it; SEGA's attn2 patch runs before the
+    replacement and reads the layer's own q·kᵀ."""
+    seen = _maps_seen(monkeypatch)
+    host = forge.Host()
+    calls = []
+
+    class Replacer:
+        def process_before_every_sampling(self, p, *args, **kwargs):
+            unet = p.sd_model.forge_objects.unet.clone()
+
+            def attention(q, k, v, extra):
+                calls.append(extra["block"])
+                h = extra["n_heads"]
+                q, k, v = (t.view(t.shape[0], t.shape[1], h, -1).transpose(1, 2) for t in (q, k, v))
+                out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+                return 1.5 * out.transpose(1, 2).reshape(out.shape[0], out.shape[2], -1)
+
+            replace = unet.model_options["transformer_options"].setdefault("patches_replace", {})
+            replace["attn2"] = {("input", 1, 0): attention, ("output", 0, 0): attention, ("middle", 0, 0): attention}
+            p.sd_model.forge_objects.unet = unet
+
+    kwargs = dict(kind="quadrant", steps=4, **MASKED)
+    values = sega_values("smile :: threshold=0.75", warmup="0", mask="attention")
+    plain = host.generate(values, **kwargs)
+    plain_maps = [m for m in seen if m is not None]
+    seen.clear()
+    host.extra_scripts = [Replacer()]
+    try:
+        replaced = host.generate(values, **kwargs)
+        replaced_maps = [m for m in seen if m is not None]
+        baseline = host.generate(sega_values("smile", scale=0.0, warmup="0", mask="attention"), **kwargs)
+    finally:
+        host.extra_scripts = []
+    assert calls and replaced.comments == {} and host.reported == []
+    assert len(replaced_maps) == len(plain_maps) == 4
+    torch.testing.assert_close(replaced_maps[0], plain_maps[0])  # step 1: the same latent
+    assert not torch.equal(replaced.images, plain.images)  # the replacement is not dropped
+    diff = (replaced.images - baseline.images).abs()
+    assert diff[..., :8, :8].max() > 1e-3
+    diff[..., :8, :8] = 0
+    assert diff.max() <= 1e-6  # the concept still acts only where its words are attended
+
+
+def test_a_model_the_masks_cannot_read_turns_sega_off_with_the_reason(host):
+    baseline = host.generate(None).images
+    masked = host.generate(sega_values(mask="attention"))  # no tokenizer, no latent/4 layers
+    (comment,) = masked.comments
+    assert comment.startswith("SEGA off: the mask needs") and torch.equal(masked.images, baseline)
 
 
 def test_the_concepts_rows_are_reserved_with_forges_memory_manager(host):

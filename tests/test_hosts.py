@@ -1,32 +1,37 @@
-"""What SEGA must do alike in every host, run over both stand-ins: AUTOMATIC1111 1.10.1
-(tests/webui_stub) and Forge (tests/forge_stub over it)."""
+"""What SEGA must do alike in every host, run over the three stand-ins: AUTOMATIC1111 1.10.1
+(tests/webui_stub), Forge (tests/forge_stub over it) and reForge (tests/reforge_stub over it)."""
 
 from __future__ import annotations
 
 import forge
 import host_harness
 import pytest
+import reforge
 import torch
 from host_harness import init_latent, sega_values
 
-HOSTS = ["a1111", "forge"]
+HOSTS = ["a1111", "forge", "reforge"]
+_MAKERS = {"a1111": host_harness.Host, "forge": forge.Host, "reforge": reforge.Host}
 _hosts: dict = {}
 
 
 @pytest.fixture(params=HOSTS)
 def host(request):
     if request.param not in _hosts:
-        _hosts[request.param] = host_harness.Host() if request.param == "a1111" else forge.Host()
+        _hosts[request.param] = _MAKERS[request.param]()
     return _hosts[request.param]
 
 
 @pytest.mark.parametrize("sampler", ["Euler", "DPM++ 2M", "Heun"])
 def test_off_or_empty_is_bit_identical_and_on_changes_the_image(host, sampler):
-    baseline = host.generate(None, sampler_name=sampler, batch_size=2).images
+    plain = host.generate(None, sampler_name=sampler, batch_size=2)
+    baseline = plain.images
     off = host.generate(sega_values(enabled=False), sampler_name=sampler, batch_size=2)
     empty = host.generate(sega_values(concepts="# nothing\n"), sampler_name=sampler, batch_size=2)
     assert torch.equal(off.images, baseline) and torch.equal(empty.images, baseline)
-    assert off.extra_generation_params == {} and empty.extra_generation_params == {}
+    # The host's own entries only (reForge notes its refiner switch on every image).
+    assert off.extra_generation_params == empty.extra_generation_params == plain.extra_generation_params
+    assert not any("SEGA" in key for key in plain.extra_generation_params)
     on = host.generate(sega_values(), sampler_name=sampler, batch_size=2)
     assert not torch.equal(on.images, baseline)
     assert torch.equal(on.images, host.generate(sega_values(), sampler_name=sampler, batch_size=2).images)
@@ -110,3 +115,19 @@ def test_a_sampler_that_cannot_invert_says_so_and_runs_img2img_with_sega(host):
     result = host.generate(sega_values("smile", invert=True), img2img=True, denoising_strength=1.0,
                            init_images=init_latent(64, 64), sampler_name="Euler")
     assert any("was not inverted" in c for c in result.comments)
+
+
+@pytest.mark.parametrize("mode", ["attention", "intersect"])
+def test_a_masked_concept_acts_only_where_its_words_are_attended(host, mode):
+    """QuadrantLDM: the concepts' words draw attention only in the top-left quadrant, and
+    each latent block's output depends only on that block."""
+    kwargs = dict(kind="quadrant", steps=6, width=128, height=128)
+    values = dict(concepts="smile :: threshold=0.75\n-glasses :: threshold=0.75", warmup="0")
+    none = host.generate(sega_values(scale=0.0, mask=mode, **values), **kwargs).images
+    masked = host.generate(sega_values(mask=mode, **values), **kwargs)
+    assert host.reported == [] and masked.comments == {}
+    assert masked.p.extra_generation_params["SEGA mask"] == mode
+    diff = (masked.images - none).abs()
+    assert diff[..., :8, :8].max() > 1e-3
+    diff[..., :8, :8] = 0
+    assert diff.max() <= 1e-6

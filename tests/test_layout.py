@@ -56,8 +56,23 @@ def test_the_library_is_host_free():
                     assert not any(n and n.split(".")[0] in ("modules", "backend", "ldm_patched") for n in names), name
 
 
+# Each fork's own packages, and the one module of ours that may use them (inside its
+# functions: they exist only in that host).
+_FORK_PACKAGES = {"backend": "sega_webui.forge", "ldm_patched": "sega_webui.reforge", "modules_forge": "sega_webui.reforge"}
+
+
 def test_the_host_is_detected_in_one_place():
     for name, path in _modules().items():
-        if name != "sega_webui.hosts":
-            text = path.read_text()
-            assert "find_spec" not in text and "modules_forge" not in text, name
+        if name == "sega_webui.hosts":
+            continue
+        tree = ast.parse(path.read_text())
+        assert "find_spec" not in path.read_text() and "importlib" not in path.read_text(), name
+        top_level = {id(n) for n in tree.body}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom | ast.Import):
+                names = [node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+                for n in filter(None, names):
+                    owner = _FORK_PACKAGES.get(n.split(".")[0])
+                    if owner is not None:
+                        assert name == owner, f"{name} imports {n}: only {owner} may"
+                        assert id(node) not in top_level, f"{name} imports {n} at import time"

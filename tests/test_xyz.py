@@ -110,6 +110,12 @@ def test_a_missing_concept_is_reported_under_the_image(host, axes):
     assert list(result.comments) == ["SEGA off (concepts[4].scale): there is no concept 4 (the concepts box has 1)"]
 
 
+def test_a_search_text_missing_from_the_concepts_is_reported_under_the_image(host, axes):
+    # As the WebUI's own Prompt S/R refuses a search text the prompt lacks.
+    result = run_cell(host, axes["[SEGA] Concepts S/R"], "frown", ["glasses", "frown"], sega_values("smile"))
+    assert list(result.comments) == ["SEGA off (concepts): Concepts S/R did not find 'glasses' in the concepts"]
+
+
 def test_axes_are_registered_once_with_the_webui_xyz_module(host):
     module = types.ModuleType("xyz_grid")
     module.AxisOption = AxisOption

@@ -7,7 +7,21 @@ from before every sampling pass (`forge_objects_original`,
 as Forge's does: `cond_stage_model`, `cond_stage_model_empty_prompt`, `apply_model`.
 
 It wraps a tests/tiny_models model (its UNet, text encoder and schedule). `model` stays for
-the stand-in's processing (the inpainting checks read `conditioning_key`)."""
+the stand-in's processing (the inpainting checks read `conditioning_key`).
+
+Forge's UNet (backend/nn/unet.py) keeps ldm's module names and calls every `attn2_patch`
+(`fn(n, context, value, extra_options)` → the three, `extra_options` with `block`,
+`block_index`, `n_heads`, `dim_head` and the call's `transformer_options` less the patches)
+in `BasicTransformerBlock._forward` right before `attn2`. The tiny UNets are diffusers'
+(or ldm-named in miniature): the network below shows their cross-attention layers under
+ldm's names (`input_blocks.N.1.transformer_blocks.J.attn2`, N as ldm numbers the blocks)
+and calls the patches from a forward pre-hook on each, with the ldm block. What a patch
+hands back replaces the layer's input and context; the separate `value` is not mirrored
+(diffusers' attention takes its values from the context)."""
+
+import re
+
+import torch
 
 from backend.modules.k_model import KModel
 from backend.modules.k_prediction import Prediction
@@ -22,15 +36,107 @@ class ForgeObjects:
         return ForgeObjects(self.unet, self.clip, self.vae)
 
 
-class _Network:
-    """The diffusion model's forward as Forge's UNet takes it (ldm argument names)."""
+def _ldm_blocks(unet) -> dict:
+    """{diffusers or miniature name of an attn2: (block kind, ldm block id, index)}."""
+    out = {}
+    for name, _ in unet.named_modules():
+        m = re.fullmatch(r"(input|output)_blocks\.(\d+)\.attn2", name)
+        if m:
+            out[name] = (m.group(1), int(m.group(2)), 0)
+        elif name == "middle_block.attn2":
+            out[name] = ("middle", 0, 0)
+    first = 1  # ldm's input block 0 is conv_in
+    for i, down in enumerate(getattr(unet, "down_blocks", ())):
+        for j, attn in enumerate(getattr(down, "attentions", None) or ()):
+            for t in range(len(attn.transformer_blocks)):
+                out[f"down_blocks.{i}.attentions.{j}.transformer_blocks.{t}.attn2"] = ("input", first + j, t)
+        first += len(down.resnets) + (1 if down.downsamplers else 0)
+    first = 0
+    for i, up in enumerate(getattr(unet, "up_blocks", ())):
+        for j, attn in enumerate(getattr(up, "attentions", None) or ()):
+            for t in range(len(attn.transformer_blocks)):
+                out[f"up_blocks.{i}.attentions.{j}.transformer_blocks.{t}.attn2"] = ("output", first + j, t)
+        first += len(up.resnets)
+    mid = getattr(unet, "mid_block", None)
+    for j, attn in enumerate(getattr(mid, "attentions", None) or ()):
+        for t in range(len(attn.transformer_blocks)):
+            out[f"mid_block.attentions.{j}.transformer_blocks.{t}.attn2"] = ("middle", 0, t)
+    return out
+
+
+def _put(root: torch.nn.Module, path: str, module: torch.nn.Module) -> None:
+    *parents, last = path.split(".")
+    for part in parents:
+        if not hasattr(root, part):
+            root.add_module(part, torch.nn.Module())
+        root = getattr(root, part)
+    root.add_module(last, module)
+
+
+class _Network(torch.nn.Module):
+    """The diffusion model's forward as Forge's UNet takes it (ldm argument names); its
+    modules are the UNet's cross-attention layers under ldm's names."""
 
     def __init__(self, ldm):
-        self.ldm = ldm
+        super().__init__()
+        self.__dict__["ldm"] = ldm  # not a submodule: only the ldm-named layers are
+        modules = dict(ldm.unet.named_modules())
+        self.blocks = {}
+        for name, key in _ldm_blocks(ldm.unet).items():
+            kind, block, index = key
+            prefix = "middle_block" if kind == "middle" else f"{kind}_blocks.{block}"
+            _put(self, f"{prefix}.1.transformer_blocks.{index}.attn2", modules[name])
+            self.blocks[modules[name]] = key
 
-    def __call__(self, x, timesteps, context=None, control=None, transformer_options=None, y=None, **kwargs):
-        unet = self.ldm.unet
-        return unet(x, timesteps, encoder_hidden_states=context, class_labels=y).sample
+    def forward(self, x, timesteps, context=None, control=None, transformer_options=None, y=None, **kwargs):
+        options = transformer_options or {}
+        patches = options.get("patches", {}).get("attn2_patch", [])
+        replace = options.get("patches_replace", {}).get("attn2", {})
+        handles = []
+        for module, key in self.blocks.items() if patches or replace else ():
+            extra = {k: v for k, v in options.items() if k not in ("patches", "patches_replace")}
+            extra.update(block=key[:2], block_index=key[2], n_heads=module.heads,
+                         dim_head=module.to_q.out_features // module.heads)
+            handles.append(module.register_forward_pre_hook(_patched(patches, extra), with_kwargs=True))
+            fn = replace.get(key, replace.get(key[:2]))
+            if fn is not None:
+                handles.append(module.register_forward_hook(_replaced(fn, extra), with_kwargs=True))
+        try:
+            return self.ldm.unet(x, timesteps, encoder_hidden_states=context, class_labels=y).sample
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+
+def _context_name(kwargs) -> str:
+    return "encoder_hidden_states" if "encoder_hidden_states" in kwargs else "context"
+
+
+def _patched(patches, extra):
+    """The attn2 patches, before the layer: what they hand back is what it computes with."""
+
+    def hook(_module, args, kwargs):
+        name = _context_name(kwargs)
+        n, context = args[0], kwargs.get(name)
+        value = context
+        for patch in patches:
+            n, context, value = patch(n, context, value, dict(extra))
+        return (n, *args[1:]), {**kwargs, name: context}
+
+    return hook
+
+
+def _replaced(fn, extra):
+    """A replacement of the attention (IP-Adapter's way): Forge calls it with the layer's
+    q, k, v instead of the layer's forward; here its output takes the forward's place."""
+
+    def hook(module, args, kwargs, output):
+        n, context = args[0], kwargs.get(_context_name(kwargs))
+        out = fn(module.to_q(n), module.to_k(context), module.to_v(context), dict(extra))
+        return module.to_out(out)
+
+    return hook
 
 
 class ForgeEngine:
@@ -47,6 +153,13 @@ class ForgeEngine:
         self.model = ldm.model
         self.cond_stage_key = "txt"
         self.sd_checkpoint_info = getattr(ldm, "sd_checkpoint_info", None)
+        # Forge's text processing engines (SD 1.x; SDXL's CLIP-L), where the model has a
+        # tokenizer with the WebUI's face.
+        cond_stage = getattr(ldm, "cond_stage_model", None)
+        if hasattr(cond_stage, "tokenize_line"):
+            self.text_processing_engine = cond_stage
+        elif getattr(cond_stage, "embedders", None):
+            self.text_processing_engine_l = cond_stage.embedders[0]
 
     def get_learned_conditioning(self, prompts):
         return self.ldm.get_learned_conditioning(prompts)

@@ -1,0 +1,159 @@
+"""SEGA's cost per step on reForge's path (sega_webui/reforge.py), in the reForge stand-in.
+
+    python bench/reforge.py            # CPU, the tiny shape of bench/run.py, about a minute
+
+reForge evaluates the prompt and the negative prompt as two cond lists of one batched call;
+SEGA appends one list per concept to that call (forge-contract.md §1), so a SEGA step can
+cost no less than one call of (2 + N)·B rows. Per step (Euler, median of --repeats runs,
+interleaved):
+
+- plain: a txt2img generation without SEGA;
+- SEGA with N = 1, 2, 4 concepts (warm-up 0: every concept in every step);
+- the bound: the plain generation with a CALC_COND_BATCH wrapper that only appends N copies
+  of the prompt's list — the same rows in the same call, and nothing else;
+- SEGA's own time inside its wrapper and post-CFG function, the model call taken out,
+  against one plain step (target ≤ 1 %).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
+
+import host_harness  # noqa: E402
+import reforge  # noqa: E402
+from run import CONCEPTS, TINY, build_model  # noqa: E402
+
+
+class ReforgeBench:
+    def __init__(self, shape, repeats: int):
+        self.shape, self.repeats = shape, repeats
+        host_harness._models[shape.kind] = build_model(shape, torch.device("cpu"), torch.float32)
+        self.host = reforge.Host()
+
+    def generate(self, values=None, scripts=()):
+        s = self.shape
+        stamps = []
+        with reforge.active() as w:
+            callbacks = w.script_callbacks.callbacks["cfg_denoiser"]
+            stamp = lambda params: stamps.append(time.perf_counter())  # noqa: E731
+            callbacks.append(stamp)
+            try:
+                self.host.extra_scripts = list(scripts)
+                self.host.generate(values, kind=s.kind, sampler_name="Euler", steps=s.steps, batch_size=s.batch,
+                                   width=s.latent * 8, height=s.latent * 8, cfg_scale=7.0)
+            finally:
+                callbacks.remove(stamp)
+                self.host.extra_scripts = []
+        assert self.host.reported == [], self.host.reported[0]
+        return (stamps[-1] - stamps[0]) / (len(stamps) - 1)
+
+    def runs(self, n):
+        values = host_harness.sega_values("\n".join(CONCEPTS[:n]), warmup="0")
+        return [lambda: self.generate(), lambda: self.generate(values),
+                lambda: self.generate(scripts=[ConceptLists(n)])]
+
+    def median_of(self, runs):
+        for run in runs:
+            run()
+        times = [[] for _ in runs]
+        for _ in range(self.repeats):
+            for i, run in enumerate(runs):
+                times[i].append(run())
+        return [statistics.median(t) for t in times]
+
+    def own_time(self, n):
+        """Seconds per step inside SEGA's wrapper and post-CFG function, the batched model
+        call it wraps taken out."""
+        with reforge.active():
+            import sega_webui.reforge as path
+
+            real_wrap, real_post = path.ReforgePatch.calc_cond_batch, path.ReforgePatch.post_cfg
+            spent = {"ours": 0.0, "model": 0.0, "steps": 0}
+
+            def timed_wrap(self, executor, *args):
+                def timed_executor(*a):
+                    t = time.perf_counter()
+                    try:
+                        return executor(*a)
+                    finally:
+                        spent["model"] += time.perf_counter() - t
+
+                t = time.perf_counter()
+                try:
+                    return real_wrap(self, timed_executor, *args)
+                finally:
+                    spent["ours"] += time.perf_counter() - t
+
+            def timed_post(self, args):
+                t = time.perf_counter()
+                try:
+                    return real_post(self, args)
+                finally:
+                    spent["ours"] += time.perf_counter() - t
+                    spent["steps"] += 1
+
+            path.ReforgePatch.calc_cond_batch, path.ReforgePatch.post_cfg = timed_wrap, timed_post
+            try:
+                values = host_harness.sega_values("\n".join(CONCEPTS[:n]), warmup="0")
+                self.generate(values)
+                spent.update(ours=0.0, model=0.0, steps=0)
+                self.generate(values)
+            finally:
+                path.ReforgePatch.calc_cond_batch, path.ReforgePatch.post_cfg = real_wrap, real_post
+        return (spent["ours"] - spent["model"]) / spent["steps"]
+
+
+class ConceptLists:
+    """The bound's script: a CALC_COND_BATCH wrapper that appends N copies of the prompt's
+    cond list to reForge's call, as SEGA's does, and changes nothing."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def process_before_every_sampling(self, p, *args, **kwargs):
+        from ldm_patched.modules import patcher_extension as pe
+
+        unet = p.sd_model.forge_objects.unet.clone()
+
+        def wrapper(executor, model, conds, x_in, timestep, model_options):
+            extra = [[dict(conds[0][0])] for _ in range(self.n)]
+            return executor(model, [*conds, *extra], x_in, timestep, model_options)[: len(conds)]
+
+        pe.add_wrapper_with_key(pe.WrappersMP.CALC_COND_BATCH, "bound", wrapper, unet.model_options,
+                                is_model_options=True)
+        p.sd_model.forge_objects.unet = unet
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    shape = TINY
+    b = ReforgeBench(shape, args.repeats)
+    lines = [f"### reForge path — {shape.name}, {shape.steps} steps (Euler), batch {shape.batch}, CPU float32, "
+             f"torch {torch.__version__}, {torch.get_num_threads()} threads", "",
+             "| run | per step (ms) | ÷ plain | bound ÷ plain | ÷ bound | target |", "|---|---|---|---|---|---|"]
+    for n in (1, 2, 4):
+        plain, sega, bound = b.median_of(b.runs(n))
+        ok = sega <= 1.05 * bound
+        lines.append(f"| SEGA, {n} concept{'s' if n > 1 else ''} | {sega * 1e3:.2f} | {sega / plain:.3f} | "
+                     f"{bound / plain:.3f} | {sega / bound:.3f} | ≤ 1.05× bound: {'yes' if ok else 'NO'} |")
+    plain = b.median_of([lambda: b.generate()])[0]
+    own = b.own_time(4)
+    lines += ["", f"SEGA's own time in its wrapper and post-CFG function, 4 concepts (model call taken out): "
+              f"{own * 1e3:.3f} ms per step = {100 * own / plain:.2f} % of a plain step "
+              f"({plain * 1e3:.2f} ms; target ≤ 1 %)."]
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
