@@ -1,6 +1,7 @@
 """SEGA's cost per step on Forge's path (sega_webui/forge.py), in the Forge stand-in.
 
     python bench/forge.py            # CPU, the tiny shape of bench/run.py, about a minute
+    python bench/forge.py --flux     # CPU, a Flux-shaped transformer at CFG 1, with and without masks
 
 Forge evaluates the prompt and the negative prompt in one call of 2B rows; SEGA adds one
 call of N·B rows for the concepts (forge-contract.md §1), so a SEGA step can cost no less
@@ -12,6 +13,14 @@ than those two calls. Per step (Euler, median of --repeats runs, interleaved):
   call — the same rows through the same `calc_cond_uncond_batch`, and nothing else;
 - SEGA's own time inside its pre/post-CFG functions, the model call taken out, against one
   plain model call of 2B rows (target ≤ 1 %).
+
+With --flux: a Flux-shaped transformer in the stand-in's layout (backend/nn/flux.py: 4
+double- and 8 single-stream blocks, width 128, 256 T5 tokens, a 32 × 32 latent = 256 image
+tokens) at CFG 1 with its distilled guidance, where a plain step is one call of B rows and
+SEGA's is a call of 2B (the prompt and the negative prompt) and one of N·B: the bound is the
+plain generation with Forge's CFG-1 shortcut off and a post-CFG function making the N·B
+call; the masks' cost is SEGA with `mask=attention` against SEGA without, the same rows
+(target ≤ 3 % of a step).
 """
 
 from __future__ import annotations
@@ -33,6 +42,8 @@ from run import CONCEPTS, TINY, build_model  # noqa: E402
 
 
 class ForgeBench:
+    cfg_scale = 7.0
+
     def __init__(self, shape, repeats: int):
         self.shape, self.repeats = shape, repeats
         host_harness._models[shape.kind] = build_model(shape, torch.device("cpu"), torch.float32)
@@ -48,7 +59,7 @@ class ForgeBench:
             try:
                 self.host.extra_scripts = list(scripts)
                 self.host.generate(values, kind=s.kind, sampler_name="Euler", steps=s.steps, batch_size=s.batch,
-                                   width=s.latent * 8, height=s.latent * 8, cfg_scale=7.0)
+                                   width=s.latent * 8, height=s.latent * 8, cfg_scale=self.cfg_scale)
             finally:
                 callbacks.remove(stamp)
                 self.host.extra_scripts = []
@@ -106,12 +117,41 @@ class ForgeBench:
         return (spent["post"] - spent["model"]) / spent["steps"]
 
 
+FLUX = dict(hidden_size=128, num_heads=2, depth=4, depth_single_blocks=8, axes_dim=(16, 24, 24), mlp_ratio=4.0)
+
+
+class FluxBench(ForgeBench):
+    cfg_scale = 1.0
+
+    def __init__(self, repeats: int):
+        from types import SimpleNamespace
+
+        self.shape = SimpleNamespace(kind="flux", steps=6, batch=1, latent=32)
+        self.repeats = repeats
+        self.host = forge.Host()
+        with forge.active():
+            from backend.diffusion_engine import FluxEngine
+            from backend.nn.flux import IntegratedFluxTransformer2DModel
+
+            torch.manual_seed(0)
+            network = IntegratedFluxTransformer2DModel(in_channels=4, vec_in_dim=8, context_in_dim=FluxEngine.WIDTH,
+                                                       **FLUX).eval()
+            self.host.engines["flux"] = FluxEngine(host_harness.model("sd1"), network=network)
+
+    def runs(self, n, mask=None):
+        values = host_harness.sega_values("\n".join(CONCEPTS[:n]), warmup="0")
+        masked = host_harness.sega_values("\n".join(CONCEPTS[:n]), warmup="0", mask="attention")
+        return [lambda: self.generate(), lambda: self.generate(values),
+                lambda: self.generate(scripts=[ConceptCall(n, cfg_1=True)]), lambda: self.generate(masked)]
+
+
 class ConceptCall:
     """The bound's script: a post-CFG function that makes a call of N·B rows from the
-    prompt's cond dict, as SEGA's does, and changes nothing."""
+    prompt's cond dict, as SEGA's does, and changes nothing (`cfg_1`: with Forge's CFG-1
+    shortcut off, as SEGA turns it off)."""
 
-    def __init__(self, n):
-        self.n = n
+    def __init__(self, n, cfg_1=False):
+        self.n, self.cfg_1 = n, cfg_1
 
     def process_before_every_sampling(self, p, *args, **kwargs):
         from backend.sampling.sampling_function import calc_cond_uncond_batch
@@ -124,14 +164,34 @@ class ConceptCall:
                                    args["sigma"].repeat(self.n), args["model_options"])
             return args["denoised"]
 
-        unet.set_model_sampler_post_cfg_function(post)
+        unet.set_model_sampler_post_cfg_function(post, disable_cfg1_optimization=self.cfg_1)
         p.sd_model.forge_objects.unet = unet
+
+
+def flux_table(repeats: int) -> list[str]:
+    b = FluxBench(repeats)
+    lines = [f"### Forge path, Flux-shaped — width {FLUX['hidden_size']}, {FLUX['depth']} double + "
+             f"{FLUX['depth_single_blocks']} single blocks, 256 text + 256 image tokens, CFG 1, {b.shape.steps} "
+             f"steps (Euler), batch 1, CPU float32, torch {torch.__version__}, {torch.get_num_threads()} threads", "",
+             "| run | per step (ms) | ÷ plain | bound ÷ plain | ÷ bound | masks ÷ SEGA | target |",
+             "|---|---|---|---|---|---|---|"]
+    for n in (1, 2, 4):
+        plain, sega, bound, masked = b.median_of(b.runs(n))
+        ok = sega <= 1.05 * bound and masked <= 1.03 * sega
+        lines.append(f"| SEGA, {n} concept{'s' if n > 1 else ''} | {sega * 1e3:.2f} | {sega / plain:.3f} | "
+                     f"{bound / plain:.3f} | {sega / bound:.3f} | {masked / sega:.3f} | "
+                     f"≤ 1.05× bound, masks ≤ 1.03×: {'yes' if ok else 'NO'} |")
+    return lines
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--flux", action="store_true", help="the Flux-shaped table instead")
     args = parser.parse_args()
+    if args.flux:
+        print("\n".join(flux_table(args.repeats)))
+        return
     shape = TINY
     b = ForgeBench(shape, args.repeats)
     lines = [f"### Forge path — {shape.name}, {shape.steps} steps (Euler), batch {shape.batch}, CPU float32, "

@@ -63,16 +63,20 @@ def remove_stale_hooks(module: torch.nn.Module) -> None:
 
 def token_positions(tokenizer, text: str) -> list[int]:
     """Columns of `text`'s own tokens in its cond (no start, end or padding tokens), from
-    the WebUI's `tokenize_line`: each chunk is [start, tokens…, end-padding…, end]."""
+    the host's `tokenize_line`: each chunk is [start, tokens…, end-padding…, end] (CLIP) or
+    [tokens…, end, padding…] (Forge's T5 engine, which has no start token)."""
     chunks, _ = tokenizer.tokenize_line(text)
+    start_id = getattr(tokenizer, "id_start", None)
     end = getattr(tokenizer, "id_end", None)
     positions = []
     for c, chunk in enumerate(chunks):
-        inner = list(chunk.tokens[1:-1])
-        count = len(inner)
-        while count and end is not None and inner[count - 1] == end:
-            count -= 1
-        positions.extend(c * len(chunk.tokens) + 1 + i for i in range(count))
+        tokens = list(chunk.tokens)
+        first = 1 if start_id is not None and tokens[:1] == [start_id] else 0
+        last = len(tokens) - 1 if first else len(tokens)  # CLIP's chunk always ends with its end token
+        stop = first
+        while stop < last and tokens[stop] != end:
+            stop += 1
+        positions.extend(c * len(tokens) + i for i in range(first, stop))
     return positions
 
 
@@ -142,6 +146,12 @@ class ConceptAttention:
         self.key_context = key_context
         self.handles: list = []
         self.call: _Call | None = None
+
+    def grid(self, height: int, width: int) -> tuple[int, int]:
+        return attention_grid(height, width)
+
+    def tokenizer(self, sd_model):
+        return find_tokenizer(sd_model)
 
     def install(self) -> None:
         if self.handles:
@@ -257,6 +267,15 @@ class PatchedAttention(ConceptAttention):
     def remove(self) -> None:
         self.call = None
 
+    def options(self, model_options: dict) -> dict:
+        """The call's model options with this reading's patch last among the attn2 patches
+        (so it sees what the attention sees); the pass's own options stay as they are."""
+        transformer = dict(model_options.get("transformer_options", {}))
+        patches = dict(transformer.get("patches", {}))
+        patches["attn2_patch"] = [*patches.get("attn2_patch", []), self.patch]
+        transformer["patches"] = patches
+        return {**model_options, "transformer_options": transformer}
+
     def arm(self, start: int, rows: int, grid: tuple[int, int], columns: torch.Tensor) -> None:
         self.first_list = None
         super().arm(start, rows, grid, columns)
@@ -309,10 +328,14 @@ def concept_attention(module, x, context, columns, key_context=None) -> torch.Te
     return torch.einsum("rhqt,rt->rq", probs, columns.to(probs.device, torch.float32))
 
 
-def early_rows(sigma: torch.Tensor, eps_space: bool, alphas_cumprod: torch.Tensor | None) -> torch.Tensor | None:
+def early_rows(sigma: torch.Tensor, eps_space: bool, alphas_cumprod: torch.Tensor | None,
+               flow: bool = False) -> torch.Tensor | None:
     """[B] bool: rows above timestep 800 of 1000, where LEDITS++'s "intersect" uses M¹
     alone. `sigma` is the timestep on the ε path, else k-diffusion's σ, compared with the
-    σ of timestep 800 from the model's schedule. Stays on the device."""
+    σ of timestep 800 from the model's schedule — on a flow model (SD3, Flux), whose
+    timestep is 1000·σ, with 0.8. Stays on the device."""
+    if flow:
+        return sigma > EARLY_TIMESTEP / 1000
     if eps_space:
         return sigma > EARLY_TIMESTEP
     if alphas_cumprod is None or alphas_cumprod.shape[0] <= EARLY_TIMESTEP:
@@ -323,36 +346,28 @@ def early_rows(sigma: torch.Tensor, eps_space: bool, alphas_cumprod: torch.Tenso
 
 def token_columns(tokenizer, texts, phase, active, batch: int, length: int, device) -> torch.Tensor:
     """[K·B, length] float32 (concept-major, B rows each): 1 at each active concept's own
-    token columns. `phase[i]`: the schedule entry concept i is in, or None when its texts
-    do not line up with its entries (another extension made the schedule), then the
-    columns of any of its texts."""
+    token columns. `tokenizer`: one with `tokenize_line`, or a function text → columns.
+    `phase[i]`: the schedule entry concept i is in, or None when its texts do not line up
+    with its entries (another extension made the schedule), then the columns of any of its
+    texts."""
+    positions = (lambda text: token_positions(tokenizer, text)) if hasattr(tokenizer, "tokenize_line") else tokenizer
     out = torch.zeros((len(active), length))
     for row, i in enumerate(active):
         chosen = texts[i] if phase[i] is None else [texts[i][phase[i]]]
         for text in chosen:
-            columns = [c for c in token_positions(tokenizer, text) if c < length]
+            columns = [c for c in positions(text) if c < length]
             out[row, columns] = 1.0
     return out.repeat_interleave(batch, dim=0).to(device)
 
 
-def concept_columns(pass_, model, active, batch: int, call: int, schedule_index, device) -> torch.Tensor:
-    """The active concepts' token columns for this call [K·B, L], cached on the pass."""
+def concept_columns(pass_, model, active, batch: int, call: int, schedule_index, device, tokenizer=None) -> torch.Tensor:
+    """The active concepts' token columns for this call [K·B, L], cached on the pass
+    (`tokenizer`: the one whose tokens the attention's context holds, if not the model's
+    `find_tokenizer`)."""
     phase = tuple(schedule_index(s, call) if len(t) == len(s) else None for s, t in zip(
         pass_.schedules, pass_.texts, strict=True))
     key = ("columns", phase, tuple(active), batch, device)
     if key not in pass_.rows_cache:
         pass_.rows_cache[key] = token_columns(
-            find_tokenizer(model), pass_.texts, phase, active, batch, max(pass_.tokens), device)
+            tokenizer or find_tokenizer(model), pass_.texts, phase, active, batch, max(pass_.tokens), device)
     return pass_.rows_cache[key]
-
-
-def prepare_call(pass_, record, call: int, schedule_index, arm: bool) -> None:
-    """The concepts' token columns for this call, and (`arm`: widened path) the attention
-    hooks armed for the host's model call; the separate path arms them for its own call."""
-    if pass_.masks is None:
-        pass_.masks = ConceptAttention(pass_.model, hypernetwork_keys())
-    record.mask_columns = concept_columns(pass_, pass_.model, record.active, record.batch, call, schedule_index,
-                                          record.x.device)
-    if arm:
-        pass_.masks.arm(record.cond_rows, len(record.active) * record.batch, attention_grid(*record.x.shape[-2:]),
-                        record.mask_columns)

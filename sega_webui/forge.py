@@ -20,7 +20,9 @@ same function with real sigmas), of a diffusion model (x = x0 + σ·ε) or of a 
 thresholds, warm-up, momentum and maps are the ones the A1111 path uses, step for step.
 
 Implicit masks read the concepts' attention in that same call through an observe-only
-`attn2_patch` (attention.PatchedAttention) added to the call's own model options only.
+`attn2_patch` (attention.PatchedAttention) added to the call's own model options only; on
+a Flux-shaped model, which has no cross-attention, through forward hooks on its
+double-stream blocks' q/k norms that are on for that call only (joint_attention.py).
 
 At CFG scale 1 the patch turns Forge's shortcut off (`disable_cfg1_optimization`), so those
 steps are guided too. Its inpainting blend comes after the post-CFG functions, so the term
@@ -35,14 +37,17 @@ import torch
 from sega import spaces
 from sega_webui import patcher
 
-# Flux, Chroma and the other models Forge loads besides the WebUI's own families.
-NOT_LEGACY = ("SEGA works on SD 1.x, SD 2.x, SDXL and SD3 checkpoints in Forge; this checkpoint "
-              "(Flux or another model Forge adds) is not supported yet")
+# Models Forge loads besides the WebUI's own families that are not flow models either.
+NOT_LEGACY = ("SEGA works on SD 1.x, SD 2.x, SDXL, SD3 and flow-matching (Flux-shaped) checkpoints in Forge; "
+              "this checkpoint is neither")
 
 
 def unsupported_reason(engine, args) -> str | None:
+    """Flux and the other flow models Forge adds are guided as SD3 is, in flow space (the
+    concepts and the negative prompt under the prompt's own distilled-guidance embedding);
+    anything else beyond the WebUI's families is off."""
     legacy = getattr(engine, "is_webui_legacy_model", None)
-    if callable(legacy) and not legacy():
+    if callable(legacy) and not legacy() and _output_space(engine.forge_objects.unet) != spaces.FLOW:
         return NOT_LEGACY
     return None
 
@@ -58,7 +63,8 @@ def install(p, run, pass_) -> None:
     `process_before_every_sampling`, after the pass is set up). Forge's hires fix calls that
     hook twice, resetting the patcher in between: each call patches the patcher it finds."""
     engine = p.sd_model
-    reason = unsupported_reason(engine, run.args)
+    reason = unsupported_reason(engine, run.args) or patcher.mask_problem(run.args, engine.forge_objects.unet.model,
+                                                                           joint=ForgePatch.JOINT)
     if reason:
         run.fail(p, pass_, reason)
         return
@@ -83,6 +89,8 @@ def _output_space(unet) -> str:
 
 class ForgePatch(patcher.Patch):
     """SEGA's pre- and post-CFG functions for one sampling pass."""
+
+    JOINT = True  # the concepts have a call of their own, which a Flux model's hooks can watch alone
 
     def __init__(self, run, p, pass_, space: str):
         super().__init__(run, p, pass_, space)
@@ -109,9 +117,13 @@ class ForgePatch(patcher.Patch):
         denoiser, step, active = plan
         x, sigma, model = args["input"], args["sigma"], args["model"]
         masks = self.masks(model, active, step, denoiser.step, x)
-        concepts = self._concepts(args, active, denoiser.step, masks) if active else None
-        return self.term(step, denoiser, x, sigma, args["uncond_denoised"], concepts, masks, len(active),
-                         getattr(model.predictor, "alphas_cumprod", None))
+        try:
+            concepts = self._concepts(args, active, denoiser.step, masks) if active else None
+            return self.term(step, denoiser, x, sigma, args["uncond_denoised"], concepts, masks, len(active),
+                             getattr(model.predictor, "alphas_cumprod", None))
+        finally:
+            if masks is not None:  # a Flux model's hooks never outlive SEGA's own call
+                masks.disarm()
 
     def _concepts(self, args, active, call: int, masks) -> torch.Tensor:
         """The active concepts' x0 predictions [K, B, …], from one model call of K·B rows
@@ -123,11 +135,14 @@ class ForgePatch(patcher.Patch):
         k, b = len(active), x.shape[0]
         compiled = compile_conditions(self.concept_conds(active, b, call, x))[0]
         prompt = args["cond"][0]
-        # The prompt's dict with the concepts' text: its c_concat, control and area stay.
+        # The prompt's dict with the concepts' text: its c_concat, control and area stay, and
+        # so does Flux's distilled guidance, the embedding the prompt was evaluated under.
         concept = {key: value for key, value in prompt.items() if key != "strength"}
         concept.update({key: value for key, value in compiled.items() if key != "model_conds"})
-        concept["model_conds"] = {**prompt["model_conds"], **compiled["model_conds"]}
-        options = args["model_options"] if masks is None else patcher.with_attn2_patch(args["model_options"], masks.patch)
+        text = {key: value for key, value in compiled["model_conds"].items()
+                if key != "guidance" or "guidance" not in prompt["model_conds"]}
+        concept["model_conds"] = {**prompt["model_conds"], **text}
+        options = args["model_options"] if masks is None else masks.options(args["model_options"])
         out, _ = calc_cond_uncond_batch(args["model"], [concept], None, x.repeat(k, *([1] * (x.dim() - 1))),
                                         sigma.repeat(k), options)
         return out.view(k, b, *x.shape[1:])

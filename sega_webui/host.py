@@ -48,6 +48,7 @@ from sega_webui import (
     forge,
     hosts,
     inpaint,
+    mask_readers,
     models,
     refiner,
     reforge,
@@ -98,7 +99,7 @@ class SegaPass:
     inverting: bool = False  # the edit's inversion is calling the model: SEGA stays out
     hires: bool = False
     texts: list | None = None  # per concept, the text of each schedule entry (for the masks)
-    masks: attention.ConceptAttention | None = None  # hooks, while a concept uses a mask
+    masks: object | None = None  # the masks' reader (mask_readers.py), while a concept uses a mask
     masks_confirmed: bool = False  # the masks have read the model's layers once
 
     def __post_init__(self):
@@ -442,8 +443,8 @@ def _plan_call(params, run: SegaRun, pass_: SegaPass, p):
     probe = False
     if pass_.guidance.needs_attention(step):
         probe = not pass_.masks_confirmed
-        attention.prepare_call(pass_, record, denoiser.step, concept_rows.schedule_index,
-                               arm=not (pass_.separate or probe))
+        mask_readers.prepare_call(pass_, record, denoiser.step, concept_rows.schedule_index,
+                                  arm=not (pass_.separate or probe))
     if pass_.separate or probe:
         record.image_cond = params.image_cond[-batch:]
         # Padded like on the widened path, so that both paths make the same image.
@@ -518,7 +519,8 @@ def _read_back(params, record: CallRecord) -> None:
         )
         return
     uncond = x_out[-b:]
-    grid = attention_grid(*x_out.shape[-2:])
+    masks = record.pass_.masks
+    grid = masks.grid(*x_out.shape[-2:]) if masks is not None else attention_grid(*x_out.shape[-2:])
     if separate:
         if record.mask_columns is not None:
             record.pass_.masks.arm(0, k * b, grid, record.mask_columns)
@@ -529,7 +531,8 @@ def _read_back(params, record: CallRecord) -> None:
     if record.mask_columns is not None:
         maps = record.pass_.masks.collect(grid).view(k, b, *grid)
         record.pass_.masks_confirmed = True
-        early = attention.early_rows(record.sigma, record.eps_space, getattr(record.pass_.model, "alphas_cumprod", None))
+        early = attention.early_rows(record.sigma, record.eps_space, getattr(record.pass_.model, "alphas_cumprod", None),
+                                     flow=record.space == spaces.FLOW)
     uncond, concepts = spaces.noise_estimates(record.space, record.x, record.sigma, uncond, concepts)
     record.term = record.pass_.guidance.step(
         record.step, uncond, concepts, inpaint.region(record.repaint, uncond), attention=maps, early=early)

@@ -10,8 +10,7 @@ import math
 import torch
 
 from sega import spaces
-from sega.masks import attention_grid
-from sega_webui import attention, concept_rows, inpaint
+from sega_webui import attention, concept_rows, inpaint, joint_attention, mask_readers
 
 
 def cfg_scale(p) -> float:
@@ -47,22 +46,26 @@ def extra_memory(unet, p, rows: int, plain_rows: int) -> int:
         return 0
 
 
-def with_attn2_patch(model_options: dict, patch) -> dict:
-    """`model_options` for one call only, with `patch` last among the attn2 patches (so it
-    sees what the attention sees); the pass's own options stay as they are."""
-    transformer = dict(model_options.get("transformer_options", {}))
-    patches = dict(transformer.get("patches", {}))
-    patches["attn2_patch"] = [*patches.get("attn2_patch", ()), patch]
-    transformer["patches"] = patches
-    return {**model_options, "transformer_options": transformer}
+def mask_problem(args, model, joint: bool = False) -> str | None:
+    """Known before sampling: masks on a model whose attention to the text SEGA cannot read
+    (`joint`: whether this host's concept call can be watched in a Flux-shaped model's joint
+    attention). Then SEGA stays out of the pass entirely: the image is the host's own."""
+    if args.uses_masks and mask_readers.for_patcher(model.diffusion_model, joint) is None:
+        return NO_CROSS_ATTENTION
+    return None
 
 
+NO_CROSS_ATTENTION = ("implicit masks need the model's cross-attention layers (or, in Forge, a Flux-shaped "
+                      "model's double-stream blocks), and this model has neither; clear the concepts' mask setting "
+                      "to use SEGA")
 UNGUIDED = ("SEGA left some steps unguided: the WebUI computed no negative-prompt prediction there "
             "(its Skip Early CFG or NGMS option), and SEGA steers against it")
 
 
 class Patch:
     """SEGA's functions on one pass's UNet patcher."""
+
+    JOINT = False  # whether the masks may read a Flux-shaped model's joint attention (see reader)
 
     def __init__(self, run, p, pass_, space: str):
         self.run, self.p, self.pass_, self.space = run, p, pass_, space
@@ -105,30 +108,33 @@ class Patch:
         return concept_rows.build(self.pass_, active, batch, call, like, None)
 
     def masks(self, model, active, step: int, call: int, x: torch.Tensor, first_list: int | None = None):
-        """The masks' attention patch armed for this call's K·B concept rows (`first_list`:
-        as cond lists of a batched call, see PatchedAttention.arm_lists), or None when no
-        acting concept uses a mask."""
+        """The masks' reader armed for this call's K·B concept rows (`first_list`: as cond
+        lists of a batched call, see PatchedAttention.arm_lists), or None when no acting
+        concept uses a mask."""
         pass_ = self.pass_
         if not active or not pass_.guidance.needs_attention(step):
             return None
-        if not isinstance(pass_.masks, attention.PatchedAttention):
-            pass_.masks = attention.PatchedAttention(model.diffusion_model)
+        if not isinstance(pass_.masks, (attention.PatchedAttention, joint_attention.JointAttention)):
+            pass_.masks = mask_readers.for_patcher(model.diffusion_model, joint=first_list is None and self.JOINT)
+            if pass_.masks is None:
+                raise attention.MaskError(NO_CROSS_ATTENTION)
+        masks = pass_.masks
         columns = attention.concept_columns(pass_, self.p.sd_model, active, x.shape[0], call,
-                                            concept_rows.schedule_index, x.device)
-        rows, grid = len(active) * x.shape[0], attention_grid(*x.shape[-2:])
+                                            concept_rows.schedule_index, x.device, masks.tokenizer(self.p.sd_model))
+        rows, grid = len(active) * x.shape[0], masks.grid(*x.shape[-2:])
         if first_list is None:
-            pass_.masks.arm(0, rows, grid, columns)
+            masks.arm(0, rows, grid, columns)
         else:
-            pass_.masks.arm_lists(first_list, rows, grid, columns)
-        return pass_.masks
+            masks.arm_lists(first_list, rows, grid, columns)
+        return masks
 
     def term(self, step: int, denoiser, x, sigma, uncond, concepts, masks, k: int, alphas_cumprod):
         """The engine's term for this step, from the hosts' x0 predictions."""
         maps = early = None
         if masks is not None:
-            grid = attention_grid(*x.shape[-2:])
+            grid = masks.grid(*x.shape[-2:])
             maps = masks.collect(grid).view(k, x.shape[0], *grid)
-            early = attention.early_rows(sigma, False, alphas_cumprod)
+            early = attention.early_rows(sigma, False, alphas_cumprod, flow=self.space == spaces.FLOW)
         uncond, concepts = spaces.noise_estimates(self.space, x, sigma, uncond, concepts)
         return self.pass_.guidance.step(step, uncond, concepts, inpaint.region(inpaint.repaint_share(denoiser), uncond),
                                         attention=maps, early=early)

@@ -59,6 +59,10 @@ def install(p, run, pass_) -> None:
     objects = p.sd_model.forge_objects
     if getattr(objects.unet, "_sega_pass", None) is pass_:
         return  # this pass's patcher is patched already
+    reason = patcher.mask_problem(run.args, objects.unet.model)
+    if reason:
+        run.fail(p, pass_, reason)
+        return
     pass_.lead = None  # reForge's ControlNet marks no token in front of the prompt's chunks
     unet = objects.unet.clone()
     patch = ReforgePatch(run, p, pass_, _output_space(unet))
@@ -141,7 +145,7 @@ class ReforgePatch(patcher.Patch):
                 concept["model_conds"] = {**prompt["model_conds"], **compiled["model_conds"]}
                 lists.append([concept])
         if masks is not None:
-            model_options = patcher.with_attn2_patch(model_options, masks.patch)
+            model_options = masks.options(model_options)
         return _Step(plan, None, masks), lists, model_options
 
     def post_cfg(self, args):

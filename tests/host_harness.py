@@ -16,13 +16,14 @@ _models: dict[str, tiny_models.TinyLDM] = {}
 
 
 def model(kind: str = "sd1") -> tiny_models.TinyLDM:
-    """kind: "sd1", "sdxl", "v", "inpaint", or "sd3" / "sd3-t5" (SD3 without or with T5);
+    """kind: "sd1", "sdxl", "v", "inpaint", or "sd3" / "sd3-t5" (SD3 without or with T5),
+    "sd3mm" / "sd3mm-t5" (the same over the WebUI's MMDiT layout instead of a UNet);
     "<kind>+attn": with cross-attention on the latent/4 grid and the WebUI's tokenizer face
     (the masks need both); "quadrant": `QuadrantLDM`."""
     if kind not in _models:
         if kind.startswith("sd3"):
-            with t5_option(kind == "sd3-t5"):
-                _models[kind] = tiny_models.TinySD3()
+            with t5_option(kind.endswith("-t5")):
+                _models[kind] = tiny_models.TinySD3(mmdit=kind.startswith("sd3mm"))
         elif kind == "quadrant":
             _models[kind] = tiny_models.QuadrantLDM()
         elif kind.endswith("+attn"):
@@ -104,7 +105,7 @@ class Host:
         p = cls(script_args=[None] + args, scripts=runner, **p_kwargs)
         before = len(w.script_callbacks.reported)
         with (contextlib.nullcontext() if values is not None else self.without_extension()), \
-                t5_option(kind == "sd3-t5"):
+                t5_option(kind.startswith("sd3") and kind.endswith("-t5")):
             result = w.processing.process_images(p)
         self.reported = w.script_callbacks.reported[before:] + (runner.reported if runner else [])
         result.p = p

@@ -236,3 +236,284 @@ def test_another_extensions_cfg_patch_stays_and_sega_adds_to_it(host):
 def test_guidance_maps_come_out_of_forges_inference_mode(host):
     result = host.generate(sega_values(warmup="0", show_maps=True), pil_images=True)
     assert host.reported == [] and len(result.images) == 1 + 3  # the image, two concepts and all
+
+
+@pytest.fixture(scope="module")
+def flux(host):
+    with forge.active():
+        from backend.diffusion_engine import FluxEngine
+
+        host.engines["flux"] = FluxEngine(host_harness.model("sd1"))
+    return host
+
+
+def test_flux_is_guided_at_cfg_1_with_the_uncond_and_the_concepts_in_flow_space(flux, monkeypatch):
+    """Flux dev runs at CFG 1 with its guidance as an embedding: SEGA has Forge compute the
+    negative prompt's prediction too (B rows) and adds the concepts' call (K·B rows); the
+    engine's directions ε_c − ε_u, with ε = (x − (1 − σ)·x0)/σ, checked against float64 (the
+    flow space hands the engine the differences directly, ε_u as 0)."""
+    with forge.active():
+        from sega_webui import forge as forge_path
+
+    seen = {}
+    real_post, real_concepts, real_step = forge_path.ForgePatch.post_cfg, forge_path.ForgePatch._concepts, SegaGuidance.step
+
+    def post(self, args):
+        seen.setdefault("args", []).append({k: args[k].clone() for k in ("input", "sigma", "uncond_denoised")})
+        return real_post(self, args)
+
+    def concepts(self, *a, **kw):
+        out = real_concepts(self, *a, **kw)
+        seen.setdefault("concepts", []).append(out.clone())
+        return out
+
+    def step(self, s, uncond, concept_eps, *a, **kw):
+        seen.setdefault("eps", []).append((uncond.clone(), concept_eps.clone()))
+        return real_step(self, s, uncond, concept_eps, *a, **kw)
+
+    baseline = flux.generate(None, kind="flux", cfg_scale=1.0, steps=4, batch_size=2).images
+    assert flux.calls("flux") == [2] * 4
+    off = flux.generate(sega_values(enabled=False), kind="flux", cfg_scale=1.0, steps=4, batch_size=2).images
+    assert torch.equal(off, baseline)
+    with forge.active():
+        monkeypatch.setattr(forge_path.ForgePatch, "post_cfg", post)
+        monkeypatch.setattr(forge_path.ForgePatch, "_concepts", concepts)
+        monkeypatch.setattr(SegaGuidance, "step", step)
+        on = flux.generate(sega_values(warmup="0"), kind="flux", cfg_scale=1.0, steps=4, batch_size=2)
+    assert flux.calls("flux") == [4, 4] * 4  # cond + uncond, then 2 concepts × 2 images
+    assert on.comments == {} and not torch.equal(on.images, baseline)
+    # Step 2: at the first step σ = 1, where every flow model's ε is x itself and SEGA's
+    # directions are 0 (the x0 predictions differ, their noise estimates do not).
+    a = {k: v.double() for k, v in seen["args"][1].items()}
+    sigma = a["sigma"].view(-1, 1, 1, 1)
+    assert float(seen["args"][0]["sigma"][0]) == 1.0 and bool((sigma < 1).all())
+
+    def eps(x0):
+        return (a["input"] - (1 - sigma) * x0.double()) / sigma
+
+    uncond_eps, concept_eps = seen["eps"][1]
+    got = concept_eps.double() - uncond_eps.double().unsqueeze(0)
+    want = torch.stack([eps(c) - eps(a["uncond_denoised"]) for c in seen["concepts"][1]])
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    assert want.abs().max() > 1e-3
+
+
+def test_flux_concepts_are_evaluated_under_the_prompts_distilled_guidance(flux, monkeypatch):
+    engine = flux.engines["flux"]
+    real = type(engine).get_learned_conditioning
+    guidance = []
+
+    def conds(self, prompts):
+        out = real(self, prompts)
+        if "a photo of a face" in prompts:  # the prompt, at its own distilled CFG scale
+            out["guidance"] = torch.full_like(out["guidance"], 5.0)
+        return out
+
+    with forge.active():
+        from backend.sampling import sampling_function as sf
+        real_batch = sf.calc_cond_uncond_batch
+
+        def batch(model, cond, uncond, *args, **kwargs):
+            guidance.append([float(d["model_conds"]["guidance"].cond[0]) for d in cond])
+            return real_batch(model, cond, uncond, *args, **kwargs)
+
+        monkeypatch.setattr(type(engine), "get_learned_conditioning", conds)
+        monkeypatch.setattr(sf, "calc_cond_uncond_batch", batch)
+        flux.generate(sega_values(warmup="0"), kind="flux", cfg_scale=1.0, steps=2)
+    assert guidance == [[5.0]] * 4  # the prompt's call and the concepts' call alike
+
+
+def quadrant_flux(seed: int = 0):
+    """A Flux in the stand-in's layout whose concept words are attended in one quadrant: in
+    double block 2 of 4 (one of the two that are read), the image queries of the top-left
+    quadrant get 8 along a direction that the keys of word tokens (channel 0 of the stand-in
+    T5's table) also get 8 along — in the dimensions RoPE leaves alone (axis 0, whose
+    position id is 0 for every token) — so there the words take almost all attention. The
+    text reaches block 2 unchanged: blocks 0 and 1 keep the text stream (zero gates) and
+    `txt_in` passes channel 0 through."""
+    from backend.nn import flux as F
+
+    class QNorm(F.QKNorm):
+        def forward(self, q, k, v):
+            q, k = super().forward(q, k, v)
+            side = int(q.shape[2] ** 0.5)
+            grid = torch.zeros(side, side, dtype=q.dtype)
+            grid[: side // 2, : side // 2] = 8.0
+            q = q.clone()
+            q[..., 0] += grid.flatten()
+            return q, k
+
+    class KNorm(F.QKNorm):
+        flag = None
+
+        def forward(self, q, k, v):
+            q, k = super().forward(q, k, v)
+            k = k.clone()
+            k[..., 0] += 8.0 * self.flag.to(k.dtype)[:, None, :]
+            return q, k
+
+    class Block(F.DoubleStreamBlock):
+        def forward(self, img, txt, vec, pe):
+            self.txt_attn.norm.flag = txt[..., 0] > 0.5
+            return super().forward(img=img, txt=txt, vec=vec, pe=pe)
+
+    torch.manual_seed(seed)
+    net = F.IntegratedFluxTransformer2DModel(in_channels=4, vec_in_dim=8, context_in_dim=32, depth=4).eval()
+    with torch.no_grad():
+        net.txt_in.weight[0].zero_()
+        net.txt_in.weight[0, 0] = 1.0
+        net.txt_in.bias[0] = 0.0
+        for block in net.double_blocks[:2]:
+            block.txt_mod.lin.weight.zero_()
+            block.txt_mod.lin.bias.zero_()
+        block = net.double_blocks[2]
+        block.__class__ = Block
+        head = block.img_attn.norm.query_norm.scale.shape[0]
+        block.img_attn.norm, block.txt_attn.norm = QNorm(head), KNorm(head)
+    return net
+
+
+@pytest.fixture(scope="module")
+def quadrant(flux):
+    with forge.active():
+        from backend.diffusion_engine import FluxEngine
+
+        flux.engines["flux-quadrant"] = FluxEngine(host_harness.model("sd1"), network=quadrant_flux())
+    return flux
+
+
+@pytest.mark.parametrize("mode", ["attention", "intersect"])
+def test_flux_masks_open_where_the_concepts_words_are_attended(quadrant, mode):
+    """Only the last step guided (Euler, whose last step lands on x0): the image moves from
+    the same run at scale 0 exactly where the mask let the term through — the quadrant."""
+    kwargs = dict(kind="flux-quadrant", cfg_scale=1.0, steps=4, sampler_name="Euler", width=128, height=128)
+    values = dict(concepts="smile :: threshold=0.75\n-glasses :: threshold=0.75", warmup="3")
+    none = quadrant.generate(sega_values(scale=0.0, mask=mode, **values), **kwargs).images
+    masked = quadrant.generate(sega_values(mask=mode, **values), **kwargs)
+    assert quadrant.reported == [] and masked.comments == {}
+    assert masked.p.extra_generation_params["SEGA mask"] == mode
+    diff = (masked.images - none).abs()
+    assert diff[..., :8, :8].max() > 1e-4
+    diff[..., :8, :8] = 0
+    assert diff.max() == 0
+    unmasked = quadrant.generate(sega_values(**values), **kwargs).images
+    assert (unmasked - none)[..., 8:, 8:].abs().max() > 1e-4  # without a mask the term is everywhere
+
+
+def test_flux_joint_attention_maps_equal_an_explicit_softmax(flux, monkeypatch):
+    """The maps SEGA reads from the hooks on the q/k norms equal softmax(q·kᵀ/√d) taken over
+    the q and k the model's own attention receives after RoPE, image queries × the concept's
+    token columns, summed over heads, averaged over the double blocks read (1 and 2 of 4)."""
+    with forge.active():
+        from backend.nn import flux as F
+
+        from sega_webui import forge as forge_path
+        from sega_webui import joint_attention
+
+        recorded, collected, inside = [], [], []
+        real_attention, real_collect = F.attention, joint_attention.JointAttention.collect
+        real_concepts = forge_path.ForgePatch._concepts
+
+        def attention(q, k, v, pe):
+            if inside:
+                rq, rk = F.apply_rope(q, k, pe)
+                recorded.append((rq.double(), rk.double()))
+            return real_attention(q, k, v, pe)
+
+        def concepts(self, *a, **kw):
+            inside.append(1)
+            recorded.clear()
+            try:
+                return real_concepts(self, *a, **kw)
+            finally:
+                inside.clear()
+
+        def collect(self, grid):
+            out = real_collect(self, grid)
+            collected.append((out.clone(), list(recorded)))
+            return out
+
+        monkeypatch.setattr(F, "attention", attention)
+        monkeypatch.setattr(forge_path.ForgePatch, "_concepts", concepts)
+        monkeypatch.setattr(joint_attention.JointAttention, "collect", collect)
+        result = flux.generate(sega_values("smile\n-glasses", warmup="0", mask="attention"), kind="flux",
+                               cfg_scale=1.0, steps=2, batch_size=2, width=64, height=64)
+        engine = flux.engines["flux"]
+    assert result.comments == {} and flux.reported == []
+    assert len(collected) == 2
+    maps, calls = collected[1]
+    assert len(calls) == 4 + 2  # the concepts' call: 4 double blocks, 2 single ones
+    tokens = engine.text_processing_engine_t5
+    columns = torch.zeros(4, 256, dtype=torch.float64)
+    for i, text in enumerate(["smile", "glasses"]):
+        n = tokens.tokenize_line(text)[1] - 1  # its tokens, less the end token
+        columns[2 * i : 2 * i + 2, :n] = 1.0
+    total, heads = 0, 0
+    for q, k in calls[1:3]:
+        probs = (q[:, :, 256:] @ k.transpose(-1, -2) / q.shape[-1] ** 0.5).softmax(dim=-1)[..., :256]
+        total = total + torch.einsum("rhqt,rt->rq", probs, columns)
+        heads += q.shape[1]
+    want = (total / heads).view(4, 4, 4)
+    torch.testing.assert_close(maps.double(), want, rtol=1e-4, atol=1e-6)
+    assert want.std() > 1e-4
+
+
+def test_flux_hooks_come_off_after_each_concept_call(flux, monkeypatch):
+    with forge.active():
+        from sega_webui import forge as forge_path
+
+        blocks = list(flux.engines["flux"].network.double_blocks)
+        seen = []
+
+        def concepts(self, *a, **kw):
+            seen.append(sum(len(b._forward_pre_hooks) + len(b.img_attn.norm._forward_hooks) for b in blocks))
+            raise RuntimeError("the concepts' call failed")
+
+        monkeypatch.setattr(forge_path.ForgePatch, "_concepts", concepts)
+        result = flux.generate(sega_values(warmup="0", mask="attention"), kind="flux", cfg_scale=1.0, steps=2)
+    assert seen and seen[0] > 0
+    assert "the concepts' call failed" in " ".join(result.comments)
+    assert all(not b._forward_pre_hooks and not b.img_attn.norm._forward_hooks and not b.txt_attn.norm._forward_hooks
+               for b in blocks)
+
+
+def test_flux_shaped_model_without_double_blocks_has_masks_off_with_the_reason(flux):
+    with forge.active():
+        from backend.diffusion_engine import FluxEngine
+        from backend.nn.flux import IntegratedFluxTransformer2DModel
+
+        flux.engines["flux-single"] = FluxEngine(host_harness.model("sd1"), network=IntegratedFluxTransformer2DModel(
+            in_channels=4, vec_in_dim=8, context_in_dim=32, depth=0).eval())
+    baseline = flux.generate(None, kind="flux-single", cfg_scale=1.0, steps=3).images
+    masked = flux.generate(sega_values(mask="attention", warmup="0"), kind="flux-single", cfg_scale=1.0, steps=3)
+    assert masked.comments == {"SEGA off: " + flux.w.host.forge.patcher.NO_CROSS_ATTENTION: 1}
+    assert torch.equal(masked.images, baseline)
+    assert not torch.equal(flux.generate(sega_values(warmup="0"), kind="flux-single", cfg_scale=1.0,
+                                         steps=3).images, baseline)
+
+
+def test_flux_intersect_uses_the_attention_mask_alone_above_timestep_800(flux, monkeypatch):
+    """A flow model's timestep is 1000·σ: LEDITS++'s first steps (timestep > 800) are σ > 0.8."""
+    seen = []
+    real = SegaGuidance.step
+
+    def spy(self, step, uncond, concepts, *args, early=None, **kwargs):
+        seen.append(early)
+        return real(self, step, uncond, concepts, *args, early=early, **kwargs)
+
+    sigmas = []
+
+    def post(params):
+        sigmas.append(float(params.sigma[0]))
+
+    monkeypatch.setattr(SegaGuidance, "step", spy)
+    with forge.active() as w:
+        w.script_callbacks.callbacks["cfg_denoiser"].append(post)
+        try:
+            result = flux.generate(sega_values(warmup="0", mask="intersect"), kind="flux", cfg_scale=1.0, steps=6,
+                                   sampler_name="Euler")
+        finally:
+            w.script_callbacks.callbacks["cfg_denoiser"].remove(post)
+    assert result.comments == {}
+    assert [bool(e.all()) for e in seen] == [s > 0.8 for s in sigmas]
+    assert True in [s > 0.8 for s in sigmas] and False in [s > 0.8 for s in sigmas]

@@ -183,3 +183,96 @@ def test_hires_fix(host):
         on = host.generate(sega_values(warmup="0", momentum_scale=0.0), **kwargs)
     assert host.reported == [] and not torch.equal(on.images, baseline)
     assert guided.count(0) == 1  # the hires pass starts below σ = 1, the first pass at it
+
+
+# ---- implicit masks on the WebUI's MMDiT (joint attention, sega_webui/joint_attention.py) ----
+
+MMDIT = dict(sampler_name="Euler", steps=4, width=128, height=128)  # an 8 × 8 patch grid
+
+
+@pytest.mark.parametrize("kind", ["sd3mm", "sd3mm-t5"])
+def test_mmdit_masks_equal_an_explicit_softmax_over_the_joint_attention(host, kind, monkeypatch):
+    """M¹ on SD3: the image queries' softmax over [context; image] keys, at the concepts'
+    token columns (CLIP's, and T5's behind them when T5 is on), summed over heads, averaged
+    over joint blocks 1 and 2 of 4 — computed here from the q and k the model's own
+    attention receives, for the concept rows of the WebUI's widened call."""
+    from modules.models.sd3 import mmdit
+
+    from sega_webui import joint_attention
+
+    calls, collected = [], []
+    real_attention, real_collect = mmdit.attention, joint_attention.JointAttention.collect
+
+    def attention(q, k, v, heads):
+        b, n, dim = q.shape
+        calls.append(tuple(t.view(b, n, heads, dim // heads).transpose(1, 2).double() for t in (q, k)))
+        return real_attention(q, k, v, heads)
+
+    def collect(self, grid):
+        out = real_collect(self, grid)
+        collected.append((out.clone(), list(calls[-4:])))
+        return out
+
+    monkeypatch.setattr(mmdit, "attention", attention)
+    monkeypatch.setattr(joint_attention.JointAttention, "collect", collect)
+    records = []
+    with host.callback("cfg_denoiser", lambda params: records.append(host.w.host._current.record)):
+        result = host.generate(sega_values("smile\n-glasses", warmup="0", mask="attention"), kind=kind, batch_size=2,
+                               **MMDIT)
+    assert host.reported == [] and list(result.comments) == []
+    assert result.p.extra_generation_params["SEGA mask"] == "attention"
+    assert len(collected) == 4
+    ldm = host_harness_model(kind)
+    columns = torch.zeros(4, 154, dtype=torch.float64)
+    for i, text in enumerate(["smile", "glasses"]):
+        n = len(ldm.tokenizer(text, add_special_tokens=False).input_ids)
+        columns[2 * i : 2 * i + 2, 1 : 1 + n] = 1.0  # CLIP: after the start token
+        if kind == "sd3mm-t5":
+            columns[2 * i : 2 * i + 2, 77 : 77 + n] = 1.0  # T5: no start token
+    for (maps, blocks), record in zip(collected[1:], records[1:], strict=True):
+        r = record.cond_rows  # the widened call: prompt rows, concept rows, uncond rows
+        total, heads = 0, 0
+        for q, k in blocks[1:3]:
+            q, k = q[r : r + 4], k[r : r + 4]
+            probs = (q[:, :, 154:] @ k.transpose(-1, -2) / q.shape[-1] ** 0.5).softmax(dim=-1)[..., :154]
+            total = total + torch.einsum("rhqt,rt->rq", probs, columns)
+            heads += q.shape[1]
+        torch.testing.assert_close(maps.double(), (total / heads).view(4, 8, 8), rtol=1e-4, atol=1e-6)
+    assert maps.std() > 1e-4
+
+
+def host_harness_model(kind):
+    import host_harness
+
+    return host_harness.model(kind)
+
+
+def test_mmdit_masks_act_and_off_is_bit_identical(host):
+    baseline = host.generate(None, kind="sd3mm", **MMDIT).images
+    assert torch.equal(host.generate(sega_values(enabled=False, mask="intersect"), kind="sd3mm", **MMDIT).images,
+                       baseline)
+    plain = host.generate(sega_values(warmup="0"), kind="sd3mm", **MMDIT)
+    masked = host.generate(sega_values(warmup="0", mask="intersect"), kind="sd3mm", **MMDIT)
+    assert host.reported == [] and list(masked.comments) == []
+    assert not torch.equal(masked.images, plain.images) and not torch.equal(masked.images, baseline)
+    none = host.generate(sega_values(warmup="0", mask="intersect", scale=0.0), kind="sd3mm", **MMDIT).images
+    # Reading the attention changes nothing by itself (the wider call may round differently).
+    torch.testing.assert_close(none, baseline, rtol=1e-4, atol=1e-4)
+
+
+def test_mmdit_intersect_uses_the_attention_mask_alone_above_timestep_800(host, monkeypatch):
+    from sega.guidance import SegaGuidance
+
+    seen = []
+    real = SegaGuidance.step
+
+    def step(self, s, uncond, concepts, *args, early=None, **kwargs):
+        seen.append(early)
+        return real(self, s, uncond, concepts, *args, early=early, **kwargs)
+
+    monkeypatch.setattr(SegaGuidance, "step", step)
+    sigmas = []
+    with host.callback("cfg_denoiser", lambda params: sigmas.append(float(params.sigma[0]))):
+        host.generate(sega_values(warmup="0", mask="intersect"), kind="sd3mm", **{**MMDIT, "steps": 6})
+    assert [bool(e.all()) for e in seen] == [s > 0.8 for s in sigmas]
+    assert True in [s > 0.8 for s in sigmas] and False in [s > 0.8 for s in sigmas]

@@ -175,7 +175,7 @@ class TinySD3(TinyLDM):
 
     WIDTH = 48
 
-    def __init__(self, seed: int = 0, t5: bool = True):
+    def __init__(self, seed: int = 0, t5: bool = True, mmdit: bool = False):
         torch.nn.Module.__init__(self)
         from types import SimpleNamespace
 
@@ -187,15 +187,28 @@ class TinySD3(TinyLDM):
         self.clip_g = text_encoder(seed=seed + 3, hidden=24)
         self.t5 = text_encoder(seed=seed + 4, hidden=self.WIDTH) if t5 else None
         self.VECTOR = 16 + 24
-        self.unet = unet(seed=seed + 2, sample_size=8, in_channels=16, out_channels=16,
-                         cross_attention_dim=self.WIDTH, class_embed_type="projection",
-                         projection_class_embeddings_input_dim=self.VECTOR)
+        self.mmdit = None
+        if mmdit:  # the WebUI's own network: modules/models/sd3/mmdit.py's layout in miniature
+            from modules.models.sd3.mmdit import MMDiT
+
+            torch.manual_seed(seed + 2)
+            self.mmdit = MMDiT(in_channels=16, context_dim=self.WIDTH, adm_in_channels=self.VECTOR).eval()
+        else:
+            self.unet = unet(seed=seed + 2, sample_size=8, in_channels=16, out_channels=16,
+                             cross_attention_dim=self.WIDTH, class_embed_type="projection",
+                             projection_class_embeddings_input_dim=self.VECTOR)
         self.register_buffer("sigmas", sd3_model.flow_sigmas(3.0))
         self.register_buffer("alphas_cumprod", 1 / (self.sigmas ** 2 + 1))
         self._denoiser_class = sd3_model.SD3Denoiser
         self.parameterization = "eps"
         self.cond_stage_key = "txt"
         self.model = SimpleNamespace(conditioning_key="crossattn")
+        if mmdit:
+            # The WebUI's SD3Cond: CLIP-L/G's chunks (model_lg, the WebUI's tokenize_line) and
+            # T5's tokens of the same text (model_t5: no start token, end, padding to the CLIP
+            # part's length); the T5 half of the cond follows model_t5's tokens.
+            self.model.diffusion_model = self.mmdit
+            self.cond_stage_model = SimpleNamespace(model_lg=StandInTokenizer(self), model_t5=_SD3T5Face(self))
         self.is_sd3, self.is_sdxl = True, False
         self.latent_channels = 16
         with torch.no_grad():
@@ -214,13 +227,15 @@ class TinySD3(TinyLDM):
 
         device = self.sigmas.device
         lg, pooled, t5 = [], [], []
-        for ids in self._ids([self._chunks(t) for t in texts]):
+        for text, ids in zip(texts, self._ids([self._chunks(t) for t in texts]), strict=True):
             ids = ids.to(device)
             l_out, g_out = self.clip_l(ids)[0], self.clip_g(ids)[0]
             lg_row = torch.cat([l_out, g_out], dim=-1).reshape(1, -1, 40)
             lg.append(torch.nn.functional.pad(lg_row, (0, self.WIDTH - 40)))
             pooled.append(torch.cat([l_out[:, -1], g_out[:, -1]], dim=-1).mean(dim=0, keepdim=True))
             if self.t5 is not None and getattr(shared.opts, "sd3_enable_t5", False):
+                if self.mmdit is not None:
+                    ids = self.cond_stage_model.model_t5.ids(text, ids.numel()).to(device)
                 t5.append(self.t5(ids)[0].reshape(1, -1, self.WIDTH))
             else:
                 t5.append(torch.zeros_like(lg[-1]))
@@ -229,6 +244,9 @@ class TinySD3(TinyLDM):
 
     def apply_model(self, x, t, cond=None, **kwargs):
         sigma = t if t.dim() else t.expand(x.shape[0])
+        if self.mmdit is not None:
+            v = self.mmdit(x, sigma * 1000, y=cond["vector"].to(x.dtype), context=cond["crossattn"].to(x.dtype))
+            return x - v * sigma.to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
         dtype = self.unet.dtype
         v = self.unet(x.to(dtype), sigma * 1000, encoder_hidden_states=cond["crossattn"].to(dtype),
                       class_labels=cond["vector"].to(dtype)).sample.to(x.dtype)
@@ -239,6 +257,28 @@ class TinySD3(TinyLDM):
 
     def add_noise_to_latent(self, x, noise, amount):
         return x * (1 - amount) + noise * amount
+
+
+class _SD3T5Face:
+    """The WebUI's Sd3T5 as the masks read it: `tokenize_line(line, target_token_count=n)` →
+    (the text's tokens, end, padding — cut or padded to n), `id_end`, `t5xxl` (None when the
+    checkpoint has no T5). Token ids are TinySD3's byte-level ones."""
+
+    id_end, id_pad = 1, 0
+
+    def __init__(self, sd3):
+        self._sd3 = sd3
+        self.t5xxl = sd3.t5
+
+    def tokenize_line(self, line, *, target_token_count=None):
+        tokens = [t for chunk in self._sd3._chunks(line) for t in chunk] + [self.id_end]
+        if target_token_count is not None:
+            tokens = (tokens + [self.id_pad] * target_token_count)[:target_token_count]
+        return tokens, [1.0] * len(tokens)
+
+    def ids(self, line, count):
+        """[count / 77, 77]: the tokens as TinySD3's T5 stand-in (77 positions) encodes them."""
+        return torch.tensor(self.tokenize_line(line, target_token_count=count)[0]).view(-1, 77)
 
 
 # ---- the WebUI's tokenizer face and attention at latent/4 (implicit masks) -------------------

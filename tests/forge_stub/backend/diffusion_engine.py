@@ -24,7 +24,7 @@ import re
 import torch
 
 from backend.modules.k_model import KModel
-from backend.modules.k_prediction import Prediction
+from backend.modules.k_prediction import Prediction, PredictionFlux
 from backend.patcher.unet import UnetPatcher
 
 
@@ -163,3 +163,81 @@ class ForgeEngine:
 
     def get_learned_conditioning(self, prompts):
         return self.ldm.get_learned_conditioning(prompts)
+
+
+class _Chunk:
+    def __init__(self, tokens):
+        self.tokens = tokens
+
+
+class T5Engine:
+    """backend/text_processing/t5_engine.py `T5TextProcessingEngine` as SEGA meets it:
+    `tokenize_line(text)` → ([chunk of tokens…, end, padding… up to 256], token count) with no
+    start token (`id_end` 1, `id_pad` 0), and the encoder's output one vector per token. The
+    tokens are the tiny model's byte-level ones; the encoder is a fixed random table (channel
+    0 flags a word: 1, against end and padding: 0, as QuadrantLDM's table does), so each
+    token's vector sits at its own column."""
+
+    id_end, id_pad, min_length = 1, 0, 256
+
+    def __init__(self, ldm, width: int, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.table = torch.randn(1000, width, generator=g) * 0.5
+        self.table[:, 0] = 1.0
+        self.table[:2, 0] = 0.0
+        self._chunks = ldm._chunks
+
+    def tokenize_line(self, line):
+        tokens = [t for chunk in self._chunks(line) for t in chunk] + [self.id_end]
+        count = len(tokens)
+        return [_Chunk(tokens + [self.id_pad] * max(0, self.min_length - count))], count
+
+    def __call__(self, texts):
+        rows = [torch.tensor(self.tokenize_line(text)[0][0].tokens) for text in texts]
+        width = max(len(r) for r in rows)
+        ids = torch.stack([torch.nn.functional.pad(r, (0, width - len(r)), value=self.id_pad) for r in rows])
+        return self.table[ids]
+
+
+class FluxEngine(ForgeEngine):
+    """backend/diffusion_engine/flux.py `Flux` (dev): a model beside the WebUI's own families
+    (`is_webui_legacy_model()` False), flow prediction, conds {crossattn: T5's (256 tokens),
+    vector: CLIP-L's pooled output, guidance: the prompt's distilled CFG scale, 3.5 unless it
+    says otherwise}, `text_processing_engine_t5` beside `text_processing_engine_l`; the
+    transformer is backend/nn/flux.py's layout in miniature (random weights, RMSNorm scales
+    off 1), `network` picks another one (a test's crafted model)."""
+
+    WIDTH = 32
+
+    def __init__(self, ldm, seed: int = 0, network=None):
+        from backend.nn.flux import IntegratedFluxTransformer2DModel
+
+        torch.manual_seed(seed)
+        if network is None:
+            network = IntegratedFluxTransformer2DModel(in_channels=4, vec_in_dim=8, context_in_dim=self.WIDTH).eval()
+            with torch.no_grad():
+                for name, param in network.named_parameters():
+                    if name.endswith(".scale"):
+                        param.add_(0.1 * torch.randn_like(param))
+        self.ldm = ldm
+        self.network = network
+        self.forge_objects_original = ForgeObjects(UnetPatcher(KModel(network, PredictionFlux())))
+        self.forge_objects = self.forge_objects_original.shallow_copy()
+        self.forge_objects_after_applying_lora = self.forge_objects_original.shallow_copy()
+        self.is_sdxl = self.is_sd1 = False
+        self.use_distilled_cfg_scale = True
+        self.latent_channels = 4
+        self.model = ldm.model
+        self.cond_stage_key = "txt"
+        self.sd_checkpoint_info = None
+        self.text_processing_engine_l = getattr(ldm, "cond_stage_model", None)
+        self.text_processing_engine_t5 = T5Engine(ldm, self.WIDTH, seed=seed + 7)
+
+    def is_webui_legacy_model(self):
+        return False
+
+    def get_learned_conditioning(self, prompts):
+        pooled = self.ldm.get_learned_conditioning(list(prompts)).mean(dim=1)[:, :8]
+        scale = getattr(prompts, "distilled_cfg_scale", None) or 3.5
+        return {"crossattn": self.text_processing_engine_t5(list(prompts)), "vector": pooled,
+                "guidance": torch.full((len(prompts),), float(scale))}

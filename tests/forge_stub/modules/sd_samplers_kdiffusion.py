@@ -29,6 +29,11 @@ class ForgeScheduleLinker(torch.nn.Module):
     def get_sigmas(self, n=None):
         if n is None:
             return k_diffusion.sampling.append_zero(self.sigmas.flip(0))
+        if self.predictor.prediction_type == "const" and self.predictor.timestep(self.sigmas[-1:]) == self.sigmas[-1]:
+            # Flux (its timestep is σ, which the linear t-ramp below does not fit): the
+            # Simple schedule Forge's Flux preset uses (modules/sd_schedulers.py `simple_scheduler`).
+            step = len(self.sigmas) / n
+            return torch.tensor([float(self.sigmas[-(1 + int(i * step))]) for i in range(n)] + [0.0])
         t = torch.linspace(len(self.sigmas) - 1, 0, n, device=self.sigmas.device)
         return k_diffusion.sampling.append_zero(self.t_to_sigma(t))
 

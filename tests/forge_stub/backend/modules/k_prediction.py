@@ -54,3 +54,29 @@ class Prediction(torch.nn.Module):
             return sigma * noise + (1.0 - sigma) * latent_image
         noise = noise * (torch.sqrt(1.0 + sigma**2.0) if max_denoise else sigma)
         return noise + latent_image
+
+
+class PredictionFlux(Prediction):
+    """Flux's predictor (PredictionFlux: 'const', the timestep IS σ, σ from a shifted
+    1 … 1/10000 ramp): flow denoising x − σ·v, noising (1 − σ)·x0 + σ·ε."""
+
+    def __init__(self, mu: float = 1.0, pseudo_timestep_range: int = 10000):
+        torch.nn.Module.__init__(self)
+        self.prediction_type = "const"
+        t = torch.arange(1, pseudo_timestep_range + 1, 1) / pseudo_timestep_range
+        sigmas = torch.exp(torch.tensor(mu)) / (torch.exp(torch.tensor(mu)) + (1 / t - 1))  # time_shift(mu, 1, t)
+        self.register_buffer("sigmas", sigmas.float())
+        self.register_buffer("log_sigmas", sigmas.log().float())
+
+    def timestep(self, sigma):
+        return sigma
+
+    def sigma(self, timestep):
+        return timestep
+
+    def percent_to_sigma(self, percent):
+        if percent <= 0.0:
+            return 1.0
+        if percent >= 1.0:
+            return 0.0
+        return 1.0 - percent
