@@ -25,6 +25,7 @@ from modules import shared
 
 from sega.digest import LruStore, fingerprint
 from sega.inversion import Inversion, InversionError, check, invert
+from sega_webui import models
 
 CACHE_OPTION = "sega_inversion_cache"
 CACHE_DEFAULT = 4
@@ -176,7 +177,7 @@ def _invert(edit: EditPlan, pass_, denoiser, x_start, x0, sigmas, kwargs, eta, s
     try:
         return invert(edit.funcname, denoise, x_start, x0, sigmas, _draws(edit.p, x0), eta=eta, s_noise=s_noise,
                       options=options, on_step=progress,
-                      add_noise=getattr(shared.sd_model, "add_noise_to_latent", None))  # SD3: a flow model
+                      add_noise=models.noising(shared.sd_model))  # SD3, Flux: flow models
     finally:
         pass_.inverting = False
         denoiser.step = 0

@@ -289,9 +289,21 @@ class JointAttention:
 
 
 def sd3_positions(sd_model):
-    """text → its token columns in the WebUI's SD3 context [CLIP-L/G chunks; T5 tokens of
-    the same count] (modules/models/sd3/sd3_cond.py): the CLIP words in their chunks, and the
-    T5 words (no start token) behind the CLIP part, when T5 is on (else its rows are zeros)."""
+    """text → its token columns in SD3's context: the WebUI's [CLIP-L/G chunks; T5 tokens of
+    the same count] (modules/models/sd3/sd3_cond.py), Forge's [CLIP-L/G chunks; T5's own
+    chunk] (backend/diffusion_engine/sd35.py): the CLIP words in their chunks, and the T5
+    words (no start token) behind the CLIP part, when T5 is on (else its rows are zeros)."""
+    engine_l, engine_t5 = (getattr(sd_model, f"text_processing_engine_{n}", None) for n in ("l", "t5"))
+    if hasattr(engine_l, "tokenize_line") and hasattr(engine_t5, "tokenize_line"):
+        t5_on = _t5_enabled()
+
+        def forge_positions(text):
+            chunks, _ = engine_l.tokenize_line(text)
+            length = sum(len(c.tokens) for c in chunks)
+            out = token_positions(engine_l, text)
+            return out + [length + i for i in token_positions(engine_t5, text)] if t5_on else out
+
+        return forge_positions
     cond = getattr(sd_model, "cond_stage_model", None)
     lg, t5 = getattr(cond, "model_lg", None), getattr(cond, "model_t5", None)
     if not hasattr(lg, "tokenize_line"):

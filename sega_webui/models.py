@@ -28,6 +28,20 @@ def is_flow(model) -> bool:
     return bool(getattr(model, "is_sd3", False))
 
 
+def noising(model):
+    """How the model makes its noisy latent at σ from x0 and a standard-normal draw n, where
+    that is not x0 + σ·n: the WebUI's SD3 (`add_noise_to_latent`); a flow model on Forge or
+    reForge (its predictor's `noise_scaling`: σ·n + (1 − σ)·x0). None: x0 + σ·n."""
+    add = getattr(model, "add_noise_to_latent", None)
+    if add is not None:
+        return add
+    unet = getattr(getattr(model, "forge_objects", None), "unet", None)
+    predictor = getattr(getattr(unet, "model", None), "predictor", None)
+    if getattr(predictor, "prediction_type", None) == "const" and hasattr(predictor, "noise_scaling"):
+        return lambda x0, noise, sigma: predictor.noise_scaling(sigma, noise, x0)
+    return None
+
+
 def latent_format(model) -> tuple:
     """Checkpoints with equal formats share one latent space (the same VAE): SD 1.x and 2.x
     share one, SDXL (and its refiner, SSD) another, SD3 a third with 16 channels."""

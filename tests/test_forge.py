@@ -517,3 +517,107 @@ def test_flux_intersect_uses_the_attention_mask_alone_above_timestep_800(flux, m
     assert result.comments == {}
     assert [bool(e.all()) for e in seen] == [s > 0.8 for s in sigmas]
     assert True in [s > 0.8 for s in sigmas] and False in [s > 0.8 for s in sigmas]
+
+
+def test_flux_photo_edit_reconstructs_with_no_concept_and_edits_with_one(flux, monkeypatch):
+    """The inversion runs through Forge's Euler a at CFG 1 and targets Flux's own noisy
+    latents, σ·n + (1 − σ)·x0 (its predictor's `noise_scaling`), not x0 + σ·n: any targets
+    reconstruct, only the model's own keep its predictions where it was trained."""
+    photo = host_harness.init_latent(64, 64)
+    kwargs = dict(kind="flux", img2img=True, denoising_strength=1.0, init_images=photo, sampler_name="Euler a",
+                  cfg_scale=1.0, steps=6)
+    edit = flux.w.host.edit
+    real_invert, noising = edit.invert, []
+
+    def invert(*args, add_noise=None, **kw):
+        noising.append(add_noise)
+        return real_invert(*args, add_noise=add_noise, **kw)
+
+    monkeypatch.setattr(edit, "invert", invert)
+    edit.clear_cache()
+    back = flux.generate(sega_values("", invert=True), **kwargs)
+    x0, n, sigma = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8), torch.tensor(0.3)
+    assert len(noising) == 1 and torch.allclose(noising[0](x0, n, sigma), 0.3 * n + 0.7 * x0)
+    assert back.comments == {} and (back.images - photo).abs().max() < 1e-4
+    edited = flux.generate(sega_values("smile", invert=True, warmup="0"), **kwargs)
+    assert edited.comments == {} and (edited.images - photo).abs().max() > 1e-3
+
+
+@pytest.fixture(scope="module")
+def sd3(host):
+    with forge.active():
+        from backend.diffusion_engine import SD3Engine
+
+        host.engines["sd3"] = SD3Engine(host_harness.model("sd1+attn"))
+    return host
+
+
+@pytest.mark.parametrize("t5", [False, True])
+def test_sd3_in_forge_is_guided_and_its_masks_equal_an_explicit_softmax(sd3, monkeypatch, t5):
+    """Forge's SD3 (backend/nn/mmditx.py, the WebUI's MMDiT layout): SEGA acts in flow
+    space, off is bit-identical, and M¹ from the joint blocks 1 and 2 of 4 equals the softmax
+    over the q and k the model's attention receives, at CLIP's word columns and, with T5 on,
+    T5's behind the 77 CLIP tokens."""
+    import sys
+
+    with forge.active() as w:
+        import backend.nn.mmditx  # noqa: F401
+
+        from sega_webui import forge as forge_path
+        from sega_webui import joint_attention
+
+        layout = sys.modules["backend.nn.mmditx._webui_layout"]
+        monkeypatch.setattr(w.shared.opts, "sd3_enable_t5", t5, raising=False)
+        kwargs = dict(kind="sd3", sampler_name="Euler", steps=4, width=128, height=128, batch_size=2)
+        baseline = sd3.generate(None, **kwargs).images
+        assert torch.equal(sd3.generate(sega_values(enabled=False), **kwargs).images, baseline)
+        on = sd3.generate(sega_values(warmup="0"), **kwargs)
+        assert on.comments == {} and not torch.equal(on.images, baseline)
+
+        calls, collected, inside = [], [], []
+        real_attention, real_collect = layout.attention, joint_attention.JointAttention.collect
+        real_concepts = forge_path.ForgePatch._concepts
+
+        def attention(q, k, v, heads):
+            if inside:
+                b, n, dim = q.shape
+                calls.append(tuple(t.view(b, n, heads, dim // heads).transpose(1, 2).double() for t in (q, k)))
+            return real_attention(q, k, v, heads)
+
+        def concepts(self, *a, **kw):
+            inside.append(1)
+            calls.clear()
+            try:
+                return real_concepts(self, *a, **kw)
+            finally:
+                inside.clear()
+
+        def collect(self, grid):
+            out = real_collect(self, grid)
+            collected.append((out.clone(), list(calls)))
+            return out
+
+        monkeypatch.setattr(layout, "attention", attention)
+        monkeypatch.setattr(forge_path.ForgePatch, "_concepts", concepts)
+        monkeypatch.setattr(joint_attention.JointAttention, "collect", collect)
+        masked = sd3.generate(sega_values("smile\n-glasses", warmup="0", mask="attention"), **kwargs)
+    assert masked.comments == {} and sd3.reported == []
+    assert masked.p.extra_generation_params["SEGA mask"] == "attention"
+    assert not torch.equal(masked.images, on.images)
+    tokenizer = host_harness.model("sd1+attn").tokenizer
+    columns = torch.zeros(4, 77 + 256, dtype=torch.float64)
+    for i, text in enumerate(["smile", "glasses"]):
+        n = len(tokenizer(text, add_special_tokens=False).input_ids)
+        columns[2 * i : 2 * i + 2, 1 : 1 + n] = 1.0
+        if t5:
+            columns[2 * i : 2 * i + 2, 77 : 77 + n] = 1.0
+    assert len(collected) == 4
+    for maps, blocks in collected:
+        assert len(blocks) == 4
+        total, heads = 0, 0
+        for q, k in blocks[1:3]:
+            probs = (q[:, :, 333:] @ k.transpose(-1, -2) / q.shape[-1] ** 0.5).softmax(dim=-1)[..., :333]
+            total = total + torch.einsum("rhqt,rt->rq", probs, columns)
+            heads += q.shape[1]
+        torch.testing.assert_close(maps.double(), (total / heads).view(4, 8, 8), rtol=1e-4, atol=1e-6)
+    assert maps.std() > 1e-4

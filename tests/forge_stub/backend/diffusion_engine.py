@@ -24,7 +24,7 @@ import re
 import torch
 
 from backend.modules.k_model import KModel
-from backend.modules.k_prediction import Prediction, PredictionFlux
+from backend.modules.k_prediction import Prediction, PredictionDiscreteFlow, PredictionFlux
 from backend.patcher.unet import UnetPatcher
 
 
@@ -241,3 +241,49 @@ class FluxEngine(ForgeEngine):
         scale = getattr(prompts, "distilled_cfg_scale", None) or 3.5
         return {"crossattn": self.text_processing_engine_t5(list(prompts)), "vector": pooled,
                 "guidance": torch.full((len(prompts),), float(scale))}
+
+
+class SD3Engine(ForgeEngine):
+    """backend/diffusion_engine/sd35.py `StableDiffusion3`: one of the WebUI's families
+    (`is_sd3`, so `is_webui_legacy_model()`), `PredictionDiscreteFlow` (flow, timestep 1000·σ),
+    text engines `text_processing_engine_l` / `_g` (CLIP's chunks, with start tokens) and
+    `_t5`, conds {crossattn: [CLIP-L/G side by side, zero-padded to T5's width (77 per
+    chunk); T5's 256 tokens, or zeros when `opts.sd3_enable_t5` is off] along the tokens,
+    vector: the pooled outputs}; the network is backend/nn/mmditx.py in miniature."""
+
+    WIDTH = 48
+
+    def __init__(self, ldm, seed: int = 0):
+        from backend.nn.mmditx import MMDiTX
+
+        torch.manual_seed(seed)
+        network = MMDiTX(in_channels=4, context_dim=self.WIDTH, adm_in_channels=8).eval()
+        self.ldm = ldm
+        self.network = network
+        self.forge_objects_original = ForgeObjects(UnetPatcher(KModel(network, PredictionDiscreteFlow())))
+        self.forge_objects = self.forge_objects_original.shallow_copy()
+        self.forge_objects_after_applying_lora = self.forge_objects_original.shallow_copy()
+        self.is_sdxl = self.is_sd1 = False
+        self.is_sd3 = True
+        self.latent_channels = 4
+        self.model = ldm.model
+        self.cond_stage_key = "txt"
+        self.sd_checkpoint_info = None
+        self.text_processing_engine_l = self.text_processing_engine_g = ldm.cond_stage_model
+        self.text_processing_engine_t5 = T5Engine(ldm, self.WIDTH, seed=seed + 7)
+
+    def is_webui_legacy_model(self):
+        return True
+
+    def get_learned_conditioning(self, prompts):
+        from modules import shared
+
+        prompts = list(prompts)
+        lg = self.ldm.get_learned_conditioning(prompts)
+        pooled = lg.mean(dim=1)[:, :8]
+        lg = torch.nn.functional.pad(lg, (0, self.WIDTH - lg.shape[-1]))
+        if getattr(shared.opts, "sd3_enable_t5", False):
+            t5 = self.text_processing_engine_t5(prompts)
+        else:
+            t5 = torch.zeros((len(prompts), 256, self.WIDTH))
+        return {"crossattn": torch.cat([lg, t5], dim=-2), "vector": pooled}

@@ -80,3 +80,30 @@ class PredictionFlux(Prediction):
         if percent >= 1.0:
             return 0.0
         return 1.0 - percent
+
+
+class PredictionDiscreteFlow(Prediction):
+    """SD3's predictor (PredictionDiscreteFlow, shift 3): 'const' (flow), timestep 1000·σ,
+    σ from the shifted ramp shift·t / (1 + (shift − 1)·t), t = 1/1000 … 1."""
+
+    def __init__(self, shift: float = 3.0, timesteps: int = 1000):
+        torch.nn.Module.__init__(self)
+        self.prediction_type = "const"
+        self.multiplier = timesteps
+        t = torch.arange(1, timesteps + 1, 1) / timesteps
+        sigmas = shift * t / (1 + (shift - 1) * t)
+        self.register_buffer("sigmas", sigmas.float())
+        self.register_buffer("log_sigmas", sigmas.log().float())
+
+    def timestep(self, sigma):
+        return sigma * self.multiplier
+
+    def sigma(self, timestep):
+        return self.sigmas[(timestep.long() - 1).clamp(0, len(self.sigmas) - 1)]
+
+    def percent_to_sigma(self, percent):
+        if percent <= 0.0:
+            return 1.0
+        if percent >= 1.0:
+            return 0.0
+        return float(self.sigmas[int((1.0 - percent) * (len(self.sigmas) - 1))])
