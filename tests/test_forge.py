@@ -621,3 +621,12 @@ def test_sd3_in_forge_is_guided_and_its_masks_equal_an_explicit_softmax(sd3, mon
             heads += q.shape[1]
         torch.testing.assert_close(maps.double(), (total / heads).view(4, 8, 8), rtol=1e-4, atol=1e-6)
     assert maps.std() > 1e-4
+
+
+def test_flux_guidance_maps_and_infotext(flux):
+    result = flux.generate(sega_values(warmup="0", show_maps=True, mask="intersect"), kind="flux", cfg_scale=1.0,
+                           steps=3, pil_images=True)
+    assert flux.reported == [] and result.comments == {}
+    assert len(result.images) == 1 + 3  # the image, two concepts and all
+    params = result.p.extra_generation_params
+    assert params["SEGA mask"] == "intersect" and "SEGA concepts" in params
