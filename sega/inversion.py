@@ -244,6 +244,48 @@ def _dpmpp_3m_sde(c: _Step) -> _Update:
     return update
 
 
+def _rf_step(sigma, sigma_next, eta):
+    """Forge's ancestral steps on a rectified-flow model (Flux): the sigma to step down to,
+    x's rescaling to the next sigma's signal level and the noise to add — written as
+    k_diffusion/sampling.py's `sample_euler_ancestral_RF` computes them."""
+    downstep_ratio = 1 + (sigma_next / sigma - 1) * eta
+    sigma_down = sigma_next * downstep_ratio
+    alpha_ip1 = 1 - sigma_next
+    alpha_down = 1 - sigma_down
+    renoise_coeff = (sigma_next**2 - sigma_down**2 * alpha_ip1**2 / alpha_down**2) ** 0.5
+    return sigma_down, alpha_ip1 / alpha_down, renoise_coeff
+
+
+def _euler_ancestral_rf(c: _Step) -> _Update:
+    denoised = c.denoise(c.x, c.sigma)
+    c.first_call_done()
+    if c.sigma_next == 0:
+        return _Update(denoised)
+    down, rescale, renoise = _rf_step(c.sigma, c.sigma_next, c.eta)
+    ratio = down / c.sigma
+    return _Update(rescale * (ratio * c.x + (1 - ratio) * denoised), (c.s_noise, renoise))
+
+
+def _dpm_2_ancestral_rf(c: _Step) -> _Update:
+    denoised = c.denoise(c.x, c.sigma)
+    c.first_call_done()
+    down, rescale, renoise = _rf_step(c.sigma, c.sigma_next, c.eta)
+    d = (c.x - denoised) / c.sigma
+    if down == 0:
+        return _Update(c.x + d * (down - c.sigma))
+    mid = c.sigma.log().lerp(down.log(), 0.5).exp()
+    x_2 = c.x + d * (mid - c.sigma)
+    d_2 = (x_2 - c.denoise(x_2, mid)) / mid
+    return _Update(rescale * (c.x + d_2 * (down - c.sigma)), (c.s_noise, renoise))
+
+
+# Forge runs these instead of the named functions when the model is Flux (k_diffusion/sampling.py
+# dispatches on the predictor being PredictionFlux).
+RECTIFIED_FLOW = {
+    "sample_euler_ancestral": _euler_ancestral_rf,
+    "sample_dpm_2_ancestral": _dpm_2_ancestral_rf,
+}
+
 # k-diffusion function name -> (step, the WebUI's sampler names)
 SAMPLERS: dict[str, tuple[Callable[[_Step], _Update], tuple[str, ...]]] = {
     "sample_euler_ancestral": (_euler_ancestral, ("Euler a",)),
@@ -286,6 +328,7 @@ def invert(
     options: dict | None = None,
     on_step: Callable[[int, int], None] | None = None,
     add_noise: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    rectified_flow: bool = False,
 ) -> Inversion:
     """The noises with which the sampler `funcname` over `sigmas` (descending, last 0),
     started at `x_start` (x₀ + σ_0·noise), passes through x₀ + σ_i·n_i at every sigma.
@@ -295,9 +338,12 @@ def invert(
     (phase 0) and when its first model call is done (phase 1), as the sampler's callback
     would be. `options`: the sampler's own options (`solver_type`, `r`). `add_noise(x₀, n, σ)`:
     the model's noisy latent at σ, x₀ + σ·n unless given (a flow model's is (1 − σ)·x₀ + σ·n);
-    the step formulas hold for any trajectory, only its points change.
+    the step formulas hold for any trajectory, only its points change. `rectified_flow`: the
+    host runs its rectified-flow variant of this sampler where it has one (`RECTIFIED_FLOW`).
     """
     step_fn, _ = SAMPLERS[funcname]
+    if rectified_flow:
+        step_fn = RECTIFIED_FLOW.get(funcname, step_fn)
     check(funcname, eta, s_noise)
     n = len(sigmas) - 1
     if n < 1:

@@ -177,7 +177,8 @@ def _invert(edit: EditPlan, pass_, denoiser, x_start, x0, sigmas, kwargs, eta, s
     try:
         return invert(edit.funcname, denoise, x_start, x0, sigmas, _draws(edit.p, x0), eta=eta, s_noise=s_noise,
                       options=options, on_step=progress,
-                      add_noise=models.noising(shared.sd_model))  # SD3, Flux: flow models
+                      add_noise=models.noising(shared.sd_model),  # SD3, Flux: flow models
+                      rectified_flow=models.rectified_flow_sampling(denoiser))
     finally:
         pass_.inverting = False
         denoiser.step = 0

@@ -32,6 +32,8 @@ thresholds over the repainted region only.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from sega import spaces
@@ -69,6 +71,7 @@ def install(p, run, pass_) -> None:
         run.fail(p, pass_, reason)
         return
     pass_.lead = None  # Forge's ControlNet marks no token in front of the prompt's chunks
+    _supply_uncond(p)
     objects = engine.forge_objects
     unet = objects.unet.clone()
     patch = ForgePatch(run, p, pass_, _output_space(unet))
@@ -80,6 +83,54 @@ def install(p, run, pass_) -> None:
     if extra > 0:
         unet.add_extra_preserved_memory_during_sampling(extra)
     objects.unet = unet
+
+
+def negative_conds(p):
+    """The negative prompt's conds for this pass where Forge encoded none: at CFG scale 1
+    its `setup_conds` sets `p.uc = None`, and `calculate_hr_conds` `p.hr_uc = None` at Hires
+    CFG Scale 1 (Flux dev always runs so), and then no uncond reaches the sampler at all —
+    nothing for SEGA to steer against, whatever the CFG-1 shortcut does. Encoded here as
+    Forge would have (same texts, size, distilled guidance and step schedule); None where
+    Forge has them."""
+    from modules import prompt_parser, sd_samplers, shared
+
+    hires = bool(getattr(p, "is_hr_pass", False))
+    if getattr(p, "hr_uc" if hires else "uc", None) is not None:
+        return None
+    if hires:
+        negatives = getattr(p, "hr_negative_prompts", None) or p.negative_prompts
+        size, distilled = (p.hr_upscale_to_x, p.hr_upscale_to_y), getattr(p, "hr_distilled_cfg", None)
+        config = sd_samplers.find_sampler_config(getattr(p, "hr_sampler_name", None) or p.sampler_name)
+        steps = p.hr_second_pass_steps or p.steps
+        hires_steps = config.total_steps(steps) if config else steps
+    else:
+        negatives, size = p.negative_prompts, (p.width, p.height)
+        distilled, hires_steps = getattr(p, "distilled_cfg_scale", None), None
+    texts = prompt_parser.SdConditioning(negatives, width=size[0], height=size[1], is_negative_prompt=True)
+    if distilled is not None:
+        texts.distilled_cfg_scale = distilled
+    return prompt_parser.get_learned_conditioning(shared.sd_model, texts, p.firstpass_steps, hires_steps,
+                                                  shared.opts.use_old_scheduling)
+
+
+def _supply_uncond(p) -> None:
+    """Hand the pass's sampler the negative prompt's conds where Forge skipped them, as its
+    `sample` would have (`extra_args["uncond"]`), around the launch SEGA's pass set-up just
+    hooked (host.py re-hooks from the sampler's own function every pass)."""
+    uc = negative_conds(p)
+    sampler = getattr(p, "sampler", None)
+    if uc is None or sampler is None:
+        return
+    launch = sampler.func
+
+    @functools.wraps(launch)  # the host reads the launch's signature
+    def func(*args, **kwargs):
+        extra = kwargs.get("extra_args")
+        if isinstance(extra, dict) and extra.get("uncond") is None:
+            extra["uncond"] = uc
+        return launch(*args, **kwargs)
+
+    sampler.func = func
 
 
 def _output_space(unet) -> str:

@@ -50,6 +50,7 @@ from sega_webui import (
     inpaint,
     mask_readers,
     models,
+    patcher,
     refiner,
     reforge,
     rows,
@@ -188,7 +189,8 @@ _current = _Current()
 
 # Every generation-parameter key SEGA writes. X/Y/Z copies `p` for each cell with the
 # previous cell's parameters in it: whatever this cell does not write must not be claimed.
-OWN_KEYS = frozenset({f.infotext for f in FIELDS if f.infotext} | {OFF_KEY, STOPPED_KEY, edit.OFF_KEY})
+OWN_KEYS = frozenset({f.infotext for f in FIELDS if f.infotext} | {OFF_KEY, STOPPED_KEY, edit.OFF_KEY,
+                                                                    patcher.UNGUIDED_KEY})
 
 
 def begin_generation(p, args: SegaArgs | None, script_args_range: tuple | None = None) -> None:
@@ -228,6 +230,7 @@ def begin_batch(p) -> None:
     params = p.extra_generation_params
     params.pop(OFF_KEY, None)
     params.pop(STOPPED_KEY, None)
+    params.pop(patcher.UNGUIDED_KEY, None)
     params.update(run.infotext)
 
 

@@ -42,6 +42,14 @@ def noising(model):
     return None
 
 
+def rectified_flow_sampling(denoiser) -> bool:
+    """Whether Forge's k-diffusion runs its rectified-flow variants of Euler a and DPM2 a
+    here: it does when the sampler's model has a Flux predictor (k_diffusion/sampling.py,
+    `isinstance(model.inner_model.predictor, PredictionFlux)`)."""
+    predictor = getattr(getattr(denoiser, "inner_model", None), "predictor", None)
+    return any(cls.__name__ == "PredictionFlux" for cls in type(predictor).__mro__)
+
+
 def latent_format(model) -> tuple:
     """Checkpoints with equal formats share one latent space (the same VAE): SD 1.x and 2.x
     share one, SDXL (and its refiner, SSD) another, SD3 a third with 16 channels."""

@@ -55,9 +55,11 @@ def mask_problem(args, model, joint: bool = False) -> str | None:
     return None
 
 
-NO_CROSS_ATTENTION = ("implicit masks need the model's cross-attention layers (or, in Forge, a Flux-shaped "
-                      "model's double-stream blocks), and this model has neither; clear the concepts' mask setting "
+NO_CROSS_ATTENTION = ("implicit masks need the model's cross-attention layers (or, in Forge, the joint blocks of "
+                      "its Flux or SD3 transformer), and SEGA finds neither here; clear the concepts' mask setting "
                       "to use SEGA")
+UNGUIDED_KEY = "SEGA unguided"  # the infotext's note: the host's API returns no comments
+UNGUIDED_STEPS = "steps without a negative-prompt prediction (Skip Early CFG or NGMS)"
 UNGUIDED = ("SEGA left some steps unguided: the WebUI computed no negative-prompt prediction there "
             "(its Skip Early CFG or NGMS option), and SEGA steers against it")
 
@@ -85,6 +87,7 @@ class Patch:
         """A step the host computed without its unconditional prediction (at CFG scale 1 SEGA
         has the host compute it, so only the host's skip options get here)."""
         self.run.comment(self.p, UNGUIDED)
+        self.p.extra_generation_params[UNGUIDED_KEY] = UNGUIDED_STEPS
 
     def plan(self):
         """(denoiser, step, active concepts) for this model call, or None where SEGA adds

@@ -36,9 +36,9 @@ REPLACED = ("another extension replaced reForge's batched model call (sampler_ca
             "so the concepts' predictions cannot join it")
 
 
-EDIT_SAMPLERS = ("photo editing needs reForge's A1111 sampler functions (Settings → Sampler parameters → "
-                 "sd_sampling: A1111); with 'ldm patched (Comfy)' the samplers take their noise settings from "
-                 "elsewhere and the inversion could not retrace them")
+EDIT_SAMPLERS = ("photo editing needs reForge's A1111 sampler functions (Settings → Stable Diffusion → SD Sampling "
+                 "Backend for A1111 samplers: A1111, then restart reForge); with 'ldm patched (Comfy)' the samplers "
+                 "take their noise settings from elsewhere and the inversion could not retrace them")
 
 
 def edit_problem() -> str | None:
@@ -99,6 +99,12 @@ class ReforgePatch(patcher.Patch):
         self.step: _Step | None = None
 
     def calc_cond_batch(self, executor, model, conds, x_in, timestep, model_options):
+        if len(conds) < 2:
+            # Not the step's call ([cond, uncond] at least, uncond None where skipped): another
+            # patch's own model call with the pass's options — SAG's post-CFG function calls
+            # calc_cond_batch(model, [uncond], …) before SEGA's runs. What SEGA learnt of the
+            # step stays for its post-CFG function.
+            return executor(model, conds, x_in, timestep, model_options)
         self.step = None
         # conds: [cond, uncond, lists of wrappers that run before this one…]
         if self.idle() or len(conds) < 2 or not conds[0] or conds[1] is None:

@@ -45,6 +45,31 @@ def test_cfg_scale_1_steps_are_guided_with_the_uncond_computed(host):
     assert not torch.equal(on.images, baseline) and on.comments == {}
 
 
+def test_at_cfg_1_sega_supplies_the_negative_prompt_forge_did_not_encode(host):
+    """Forge's setup_conds drops the negative prompt at CFG 1 (`p.uc = None`) and
+    calculate_hr_conds at Hires CFG 1 (`p.hr_uc = None`, the API's default): SEGA encodes it
+    as Forge would have, so the uncond its directions are taken against is the user's
+    negative prompt, in the first pass and in the hires pass."""
+    seen = []
+
+    def spy(params):
+        seen.append(None if params.text_uncond is None else params.text_uncond.clone())
+
+    kwargs = dict(cfg_scale=1.0, steps=3, negative_prompt="blurry, dark", enable_hr=True, hr_scale=1.5)
+    with forge.active() as w:
+        w.script_callbacks.callbacks["cfg_denoiser"].append(spy)
+        try:
+            host.generate(None, **kwargs)
+            assert host.calls() == [1] * 6 and seen == [None] * 6
+            seen.clear()
+            host.generate(sega_values(warmup="0"), **kwargs)
+            want = host.engine("sd1").get_learned_conditioning(["blurry, dark"])
+        finally:
+            w.script_callbacks.callbacks["cfg_denoiser"].remove(spy)
+    assert host.calls() == [2, 2] * 6
+    assert len(seen) == 6 and all(torch.equal(u, want) for u in seen)
+
+
 def test_steps_forge_computes_no_uncond_for_are_left_alone(host):
     opts = host.w.shared.opts
     opts.skip_early_cond = 0.5
@@ -55,7 +80,9 @@ def test_steps_forge_computes_no_uncond_for_are_left_alone(host):
         opts.skip_early_cond = 0.0
     # Calls 0-2 (step/total ≤ 0.5) skip the uncond: plain cond rows, no concept call.
     assert host.calls() == [1, 1, 1, 2, 2]
-    assert result.comments == {host.w.host.forge.patcher.UNGUIDED: 1}
+    patcher = host.w.host.forge.patcher
+    assert result.comments == {patcher.UNGUIDED: 1}
+    assert result.p.extra_generation_params[patcher.UNGUIDED_KEY] == patcher.UNGUIDED_STEPS
 
 
 def test_hires_fix_patches_once_although_forge_hooks_twice(host):
@@ -519,12 +546,15 @@ def test_flux_intersect_uses_the_attention_mask_alone_above_timestep_800(flux, m
     assert True in [s > 0.8 for s in sigmas] and False in [s > 0.8 for s in sigmas]
 
 
-def test_flux_photo_edit_reconstructs_with_no_concept_and_edits_with_one(flux, monkeypatch):
-    """The inversion runs through Forge's Euler a at CFG 1 and targets Flux's own noisy
-    latents, σ·n + (1 − σ)·x0 (its predictor's `noise_scaling`), not x0 + σ·n: any targets
-    reconstruct, only the model's own keep its predictions where it was trained."""
+@pytest.mark.parametrize("sampler", ["Euler a", "DPM2 a", "DPM++ 2M SDE"])
+def test_flux_photo_edit_reconstructs_with_no_concept_and_edits_with_one(flux, monkeypatch, sampler):
+    """The inversion runs at CFG 1 through the sampler Forge really runs on Flux — for Euler a
+    and DPM2 a their rectified-flow variants (k_diffusion/sampling.py dispatches on the Flux
+    predictor) — and targets Flux's own noisy latents, σ·n + (1 − σ)·x0 (its predictor's
+    `noise_scaling`), not x0 + σ·n: any targets reconstruct, only the model's own keep its
+    predictions where it was trained."""
     photo = host_harness.init_latent(64, 64)
-    kwargs = dict(kind="flux", img2img=True, denoising_strength=1.0, init_images=photo, sampler_name="Euler a",
+    kwargs = dict(kind="flux", img2img=True, denoising_strength=1.0, init_images=photo, sampler_name=sampler,
                   cfg_scale=1.0, steps=6)
     edit = flux.w.host.edit
     real_invert, noising = edit.invert, []

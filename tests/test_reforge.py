@@ -76,7 +76,9 @@ def test_steps_reforge_computes_no_uncond_for_are_left_unguided_and_said(host, o
     finally:
         setattr(opts, option, 0.0)
     assert host.calls() == calls
-    assert result.comments == {host.w.host.reforge.patcher.UNGUIDED: 1}
+    patcher = host.w.host.reforge.patcher
+    assert result.comments == {patcher.UNGUIDED: 1}
+    assert result.p.extra_generation_params[patcher.UNGUIDED_KEY] == patcher.UNGUIDED_STEPS
     assert not torch.equal(result.images, plain.images)
 
 
@@ -119,6 +121,29 @@ def test_another_extensions_wrapper_composes_with_sega(host, other):
     host.extra_scripts.clear()
     alone = host.generate(sega_values(warmup="0"), steps=4)
     torch.testing.assert_close(result.images, alone.images, rtol=1e-3, atol=1e-4)
+
+
+def test_another_patchs_own_model_call_in_a_post_cfg_function_leaves_segas_step_alone(host, other):
+    """reForge's SAG makes a model call of its own — calc_cond_batch(model, [uncond], …), the
+    pass's options and so SEGA's wrapper included — in its post-CFG function, which runs
+    before SEGA's: that call is not the step's, and SEGA still adds its term after it."""
+    samplers = host.w.samplers
+    made = []
+
+    def sag(args):
+        made.append(samplers.calc_cond_batch(args["model"], [args["uncond"]], args["input"] * 0.9, args["sigma"],
+                                             args["model_options"])[0])
+        return args["denoised"]
+
+    other(lambda unet, p: unet.set_model_sampler_post_cfg_function(sag))
+    alone = host.generate(None, steps=4).images
+    together = host.generate(sega_values(warmup="0"), steps=4)
+    assert len(made) == 8 and together.comments == {}
+    assert host.calls() == [4, 1] * 4  # the step's call with the concepts, then SAG's own
+    host.extra_scripts.clear()
+    sega = host.generate(sega_values(warmup="0"), steps=4).images
+    assert not torch.equal(together.images, alone)
+    torch.testing.assert_close(together.images, sega)  # SAG's stand-in changes nothing itself
 
 
 def test_a_replaced_batch_function_turns_sega_off_with_the_reason(host, other):

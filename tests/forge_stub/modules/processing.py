@@ -62,5 +62,27 @@ def _img2img_sample(self, batch_index):
     return _a1111_img2img_sample(self, batch_index)
 
 
+# Forge encodes no negative prompt at CFG scale 1 (setup_conds: `self.uc = None`), nor for
+# the hires pass at Hires CFG Scale 1 (calculate_hr_conds: `self.hr_uc = None`; the API's
+# default `hr_cfg` is 1.0); its CFG denoiser uses `hr_cfg` in the hires pass.
+_a1111_setup_conds = StableDiffusionProcessing.setup_conds  # noqa: F821
+_a1111_hr_conds = StableDiffusionProcessingTxt2Img.calculate_hr_conds  # noqa: F821
+
+
+def _setup_conds(self):
+    _a1111_setup_conds(self)
+    if self.cfg_scale == 1:
+        self.uc = None
+
+
+def _calculate_hr_conds(self):
+    _a1111_hr_conds(self)
+    if self.hr_cfg == 1:
+        self.hr_uc = None
+
+
+StableDiffusionProcessing.setup_conds = _setup_conds  # noqa: F821
+StableDiffusionProcessingTxt2Img.calculate_hr_conds = _calculate_hr_conds  # noqa: F821
+StableDiffusionProcessingTxt2Img.hr_cfg = 1.0  # noqa: F821
 StableDiffusionProcessingTxt2Img.sample = _txt2img_sample  # noqa: F821
 StableDiffusionProcessingImg2Img.sample = _img2img_sample  # noqa: F821
