@@ -135,17 +135,24 @@ def _euler_ancestral(c: _Step) -> _Update:
     return _Update(c.x + d * (down - c.sigma), (c.s_noise, up))
 
 
+def _dpm_2(c: _Step, denoised: torch.Tensor, down) -> tuple[torch.Tensor, bool]:
+    """DPM-Solver-2's step from x to `down` (an Euler step, with no noise after it, where
+    `down` is 0), and whether the sampler adds noise after it."""
+    d = (c.x - denoised) / c.sigma
+    if down == 0:
+        return c.x + d * (down - c.sigma), False
+    mid = c.sigma.log().lerp(down.log(), 0.5).exp()
+    x_2 = c.x + d * (mid - c.sigma)
+    d_2 = (x_2 - c.denoise(x_2, mid)) / mid
+    return c.x + d_2 * (down - c.sigma), True
+
+
 def _dpm_2_ancestral(c: _Step) -> _Update:
     denoised = c.denoise(c.x, c.sigma)
     c.first_call_done()
     down, up = ancestral_step(c.sigma, c.sigma_next, c.eta)
-    d = (c.x - denoised) / c.sigma
-    if down == 0:
-        return _Update(c.x + d * (down - c.sigma))
-    mid = c.sigma.log().lerp(down.log(), 0.5).exp()
-    x_2 = c.x + d * (mid - c.sigma)
-    d_2 = (x_2 - c.denoise(x_2, mid)) / mid
-    return _Update(c.x + d_2 * (down - c.sigma), (c.s_noise, up))
+    x, noisy = _dpm_2(c, denoised, down)
+    return _Update(x, (c.s_noise, up)) if noisy else _Update(x)
 
 
 def _dpmpp_2s_ancestral(c: _Step) -> _Update:
@@ -270,13 +277,8 @@ def _dpm_2_ancestral_rf(c: _Step) -> _Update:
     denoised = c.denoise(c.x, c.sigma)
     c.first_call_done()
     down, rescale, renoise = _rf_step(c.sigma, c.sigma_next, c.eta)
-    d = (c.x - denoised) / c.sigma
-    if down == 0:
-        return _Update(c.x + d * (down - c.sigma))
-    mid = c.sigma.log().lerp(down.log(), 0.5).exp()
-    x_2 = c.x + d * (mid - c.sigma)
-    d_2 = (x_2 - c.denoise(x_2, mid)) / mid
-    return _Update(rescale * (c.x + d_2 * (down - c.sigma)), (c.s_noise, renoise))
+    x, noisy = _dpm_2(c, denoised, down)
+    return _Update(rescale * x, (c.s_noise, renoise)) if noisy else _Update(x)
 
 
 # Forge runs these instead of the named functions when the model is Flux (k_diffusion/sampling.py

@@ -427,6 +427,41 @@ def test_flux_masks_open_where_the_concepts_words_are_attended(quadrant, mode):
     assert (unmasked - none)[..., 8:, 8:].abs().max() > 1e-4  # without a mask the term is everywhere
 
 
+def record_concept_attention(monkeypatch, module, qk):
+    """[(M¹ as SEGA read it, [(q, k) of every attention call of SEGA's concept call, as
+    `qk(*args)` makes them of the arguments of `module.attention`])], one per read-back.
+    Call inside `forge.active()`."""
+    from sega_webui import forge as forge_path
+    from sega_webui import joint_attention
+
+    calls, collected, inside = [], [], []
+    real_attention, real_collect = module.attention, joint_attention.JointAttention.collect
+    real_concepts = forge_path.ForgePatch._concepts
+
+    def attention(*args, **kwargs):
+        if inside:
+            calls.append(qk(*args, **kwargs))
+        return real_attention(*args, **kwargs)
+
+    def concepts(self, *a, **kw):
+        inside.append(1)
+        calls.clear()
+        try:
+            return real_concepts(self, *a, **kw)
+        finally:
+            inside.clear()
+
+    def collect(self, grid):
+        out = real_collect(self, grid)
+        collected.append((out.clone(), list(calls)))
+        return out
+
+    monkeypatch.setattr(module, "attention", attention)
+    monkeypatch.setattr(forge_path.ForgePatch, "_concepts", concepts)
+    monkeypatch.setattr(joint_attention.JointAttention, "collect", collect)
+    return collected
+
+
 def test_flux_joint_attention_maps_equal_an_explicit_softmax(flux, monkeypatch):
     """The maps SEGA reads from the hooks on the q/k norms equal softmax(q·kᵀ/√d) taken over
     the q and k the model's own attention receives after RoPE, image queries × the concept's
@@ -434,35 +469,11 @@ def test_flux_joint_attention_maps_equal_an_explicit_softmax(flux, monkeypatch):
     with forge.active():
         from backend.nn import flux as F
 
-        from sega_webui import forge as forge_path
-        from sega_webui import joint_attention
 
-        recorded, collected, inside = [], [], []
-        real_attention, real_collect = F.attention, joint_attention.JointAttention.collect
-        real_concepts = forge_path.ForgePatch._concepts
+        def qk(q, k, v, pe):  # what the attention receives, after RoPE
+            return tuple(t.double() for t in F.apply_rope(q, k, pe))
 
-        def attention(q, k, v, pe):
-            if inside:
-                rq, rk = F.apply_rope(q, k, pe)
-                recorded.append((rq.double(), rk.double()))
-            return real_attention(q, k, v, pe)
-
-        def concepts(self, *a, **kw):
-            inside.append(1)
-            recorded.clear()
-            try:
-                return real_concepts(self, *a, **kw)
-            finally:
-                inside.clear()
-
-        def collect(self, grid):
-            out = real_collect(self, grid)
-            collected.append((out.clone(), list(recorded)))
-            return out
-
-        monkeypatch.setattr(F, "attention", attention)
-        monkeypatch.setattr(forge_path.ForgePatch, "_concepts", concepts)
-        monkeypatch.setattr(joint_attention.JointAttention, "collect", collect)
+        collected = record_concept_attention(monkeypatch, F, qk)
         result = flux.generate(sega_values("smile\n-glasses", warmup="0", mask="attention"), kind="flux",
                                cfg_scale=1.0, steps=2, batch_size=2, width=64, height=64)
         engine = flux.engines["flux"]
@@ -593,8 +604,6 @@ def test_sd3_in_forge_is_guided_and_its_masks_equal_an_explicit_softmax(sd3, mon
     with forge.active() as w:
         import backend.nn.mmditx  # noqa: F401
 
-        from sega_webui import forge as forge_path
-        from sega_webui import joint_attention
 
         layout = sys.modules["backend.nn.mmditx._webui_layout"]
         monkeypatch.setattr(w.shared.opts, "sd3_enable_t5", t5, raising=False)
@@ -604,32 +613,11 @@ def test_sd3_in_forge_is_guided_and_its_masks_equal_an_explicit_softmax(sd3, mon
         on = sd3.generate(sega_values(warmup="0"), **kwargs)
         assert on.comments == {} and not torch.equal(on.images, baseline)
 
-        calls, collected, inside = [], [], []
-        real_attention, real_collect = layout.attention, joint_attention.JointAttention.collect
-        real_concepts = forge_path.ForgePatch._concepts
+        def qk(q, k, v, heads):  # [B, L, heads·d] → [B, heads, L, d]
+            b, n, dim = q.shape
+            return tuple(t.view(b, n, heads, dim // heads).transpose(1, 2).double() for t in (q, k))
 
-        def attention(q, k, v, heads):
-            if inside:
-                b, n, dim = q.shape
-                calls.append(tuple(t.view(b, n, heads, dim // heads).transpose(1, 2).double() for t in (q, k)))
-            return real_attention(q, k, v, heads)
-
-        def concepts(self, *a, **kw):
-            inside.append(1)
-            calls.clear()
-            try:
-                return real_concepts(self, *a, **kw)
-            finally:
-                inside.clear()
-
-        def collect(self, grid):
-            out = real_collect(self, grid)
-            collected.append((out.clone(), list(calls)))
-            return out
-
-        monkeypatch.setattr(layout, "attention", attention)
-        monkeypatch.setattr(forge_path.ForgePatch, "_concepts", concepts)
-        monkeypatch.setattr(joint_attention.JointAttention, "collect", collect)
+        collected = record_concept_attention(monkeypatch, layout, qk)
         masked = sd3.generate(sega_values("smile\n-glasses", warmup="0", mask="attention"), **kwargs)
     assert masked.comments == {} and sd3.reported == []
     assert masked.p.extra_generation_params["SEGA mask"] == "attention"

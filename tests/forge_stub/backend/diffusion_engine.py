@@ -164,6 +164,21 @@ class ForgeEngine:
     def get_learned_conditioning(self, prompts):
         return self.ldm.get_learned_conditioning(prompts)
 
+    def _transformer(self, ldm, network, predictor, seed: int) -> None:
+        """An engine over a transformer (Flux, SD3): its objects, CLIP-L's and T5's text
+        engines (T5 a fixed table of the tiny model's tokens)."""
+        self.ldm, self.network = ldm, network
+        self.forge_objects_original = ForgeObjects(UnetPatcher(KModel(network, predictor)))
+        self.forge_objects = self.forge_objects_original.shallow_copy()
+        self.forge_objects_after_applying_lora = self.forge_objects_original.shallow_copy()
+        self.is_sdxl = self.is_sd1 = False
+        self.latent_channels = 4
+        self.model = ldm.model
+        self.cond_stage_key = "txt"
+        self.sd_checkpoint_info = None
+        self.text_processing_engine_l = getattr(ldm, "cond_stage_model", None)
+        self.text_processing_engine_t5 = T5Engine(ldm, self.WIDTH, seed=seed + 7)
+
 
 class _Chunk:
     def __init__(self, tokens):
@@ -219,19 +234,8 @@ class FluxEngine(ForgeEngine):
                 for name, param in network.named_parameters():
                     if name.endswith(".scale"):
                         param.add_(0.1 * torch.randn_like(param))
-        self.ldm = ldm
-        self.network = network
-        self.forge_objects_original = ForgeObjects(UnetPatcher(KModel(network, PredictionFlux())))
-        self.forge_objects = self.forge_objects_original.shallow_copy()
-        self.forge_objects_after_applying_lora = self.forge_objects_original.shallow_copy()
-        self.is_sdxl = self.is_sd1 = False
+        self._transformer(ldm, network, PredictionFlux(), seed)
         self.use_distilled_cfg_scale = True
-        self.latent_channels = 4
-        self.model = ldm.model
-        self.cond_stage_key = "txt"
-        self.sd_checkpoint_info = None
-        self.text_processing_engine_l = getattr(ldm, "cond_stage_model", None)
-        self.text_processing_engine_t5 = T5Engine(ldm, self.WIDTH, seed=seed + 7)
 
     def is_webui_legacy_model(self):
         return False
@@ -258,19 +262,9 @@ class SD3Engine(ForgeEngine):
 
         torch.manual_seed(seed)
         network = MMDiTX(in_channels=4, context_dim=self.WIDTH, adm_in_channels=8).eval()
-        self.ldm = ldm
-        self.network = network
-        self.forge_objects_original = ForgeObjects(UnetPatcher(KModel(network, PredictionDiscreteFlow())))
-        self.forge_objects = self.forge_objects_original.shallow_copy()
-        self.forge_objects_after_applying_lora = self.forge_objects_original.shallow_copy()
-        self.is_sdxl = self.is_sd1 = False
+        self._transformer(ldm, network, PredictionDiscreteFlow(), seed)
+        self.text_processing_engine_g = self.text_processing_engine_l
         self.is_sd3 = True
-        self.latent_channels = 4
-        self.model = ldm.model
-        self.cond_stage_key = "txt"
-        self.sd_checkpoint_info = None
-        self.text_processing_engine_l = self.text_processing_engine_g = ldm.cond_stage_model
-        self.text_processing_engine_t5 = T5Engine(ldm, self.WIDTH, seed=seed + 7)
 
     def is_webui_legacy_model(self):
         return True
