@@ -28,7 +28,6 @@ of a step).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -40,47 +39,18 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
 
 import forge  # noqa: E402
 import host_harness  # noqa: E402
-from run import CONCEPTS, TINY, build_model  # noqa: E402
+from patcher_bench import PatcherBench, bound_table  # noqa: E402
+from run import CONCEPTS, TINY  # noqa: E402
 
 
-class ForgeBench:
-    cfg_scale = 7.0
-
+class ForgeBench(PatcherBench):
     def __init__(self, shape, repeats: int):
-        self.shape, self.repeats = shape, repeats
-        host_harness._models[shape.kind] = build_model(shape, torch.device("cpu"), torch.float32)
-        self.host = forge.Host()
-
-    def generate(self, values=None, scripts=()):
-        s = self.shape
-        stamps = []
-        with forge.active() as w:
-            callbacks = w.script_callbacks.callbacks["cfg_denoiser"]
-            stamp = lambda params: stamps.append(time.perf_counter())  # noqa: E731
-            callbacks.append(stamp)
-            try:
-                self.host.extra_scripts = list(scripts)
-                self.host.generate(values, kind=s.kind, sampler_name="Euler", steps=s.steps, batch_size=s.batch,
-                                   width=s.latent * 8, height=s.latent * 8, cfg_scale=self.cfg_scale)
-            finally:
-                callbacks.remove(stamp)
-                self.host.extra_scripts = []
-        assert self.host.reported == [], self.host.reported[0]
-        return (stamps[-1] - stamps[0]) / (len(stamps) - 1)
+        super().__init__(forge, shape, repeats)
 
     def runs(self, n):
         values = host_harness.sega_values("\n".join(CONCEPTS[:n]), warmup="0")
         return [lambda: self.generate(), lambda: self.generate(values),
                 lambda: self.generate(scripts=[ConceptCall(n)])]
-
-    def median_of(self, runs):
-        for run in runs:
-            run()
-        times = [[] for _ in runs]
-        for _ in range(self.repeats):
-            for i, run in enumerate(runs):
-                times[i].append(run())
-        return [statistics.median(t) for t in times]
 
     def own_time(self, n):
         """Seconds per step inside SEGA's pre/post-CFG functions, its model call taken out,
@@ -130,9 +100,8 @@ class FluxBench(ForgeBench):
     def __init__(self, repeats: int):
         from types import SimpleNamespace
 
-        self.shape = SimpleNamespace(kind="flux", steps=12, batch=1, latent=32)
-        self.repeats = repeats
-        self.host = forge.Host()
+        PatcherBench.__init__(self, forge, SimpleNamespace(kind="flux", steps=12, batch=1, latent=32), repeats,
+                              model=False)
         with forge.active():
             from backend.diffusion_engine import FluxEngine
             from backend.nn.flux import IntegratedFluxTransformer2DModel
@@ -142,7 +111,7 @@ class FluxBench(ForgeBench):
                                                        **FLUX).eval()
             self.host.engines["flux"] = FluxEngine(host_harness.model("sd1"), network=network)
 
-    def runs(self, n, mask=None):
+    def runs(self, n):
         values = host_harness.sega_values("\n".join(CONCEPTS[:n]), warmup="0")
         masked = host_harness.sega_values("\n".join(CONCEPTS[:n]), warmup="0", mask="attention")
         return [lambda: self.generate(), lambda: self.generate(values),
@@ -238,24 +207,7 @@ def main():
     if args.flux:
         print("\n".join(flux_table(args.repeats)))
         return
-    shape = TINY
-    b = ForgeBench(shape, args.repeats)
-    lines = [f"### Forge path — {shape.name}, {shape.steps} steps (Euler), batch {shape.batch}, CPU float32, "
-             f"torch {torch.__version__}, {torch.get_num_threads()} threads", "",
-             "| run | per step (ms) | ÷ plain | bound ÷ plain | ÷ bound | target |", "|---|---|---|---|---|---|"]
-    for n in (1, 2, 4):
-        plain, sega, bound = b.median_of(b.runs(n))
-        ok = sega <= 1.05 * bound
-        lines.append(f"| SEGA, {n} concept{'s' if n > 1 else ''} | {sega * 1e3:.2f} | {sega / plain:.3f} | "
-                     f"{bound / plain:.3f} | {sega / bound:.3f} | ≤ 1.05× bound: {'yes' if ok else 'NO'} |")
-    plain = b.median_of([lambda: b.generate()])[0]
-    own, rows = b.own_time(4)
-    lines += ["", f"SEGA's own time in its pre/post-CFG functions, 4 concepts (its model call taken out; the "
-              f"guidance arithmetic, the concepts' cond dicts): {own * 1e3:.3f} ms per step = "
-              f"{100 * own / rows:.2f} % of the step's model calls at 6·B rows ({rows * 1e3:.2f} ms, as "
-              f"bench/run.py counts it on A1111; target ≤ 1 %), {100 * own / plain:.2f} % of a plain step "
-              f"({plain * 1e3:.2f} ms)."]
-    print("\n".join(lines))
+    print("\n".join(bound_table(ForgeBench(TINY, args.repeats), "Forge path", "its pre/post-CFG functions")))
 
 
 if __name__ == "__main__":

@@ -19,57 +19,27 @@ interleaved):
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
-
-import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
 
 import host_harness  # noqa: E402
 import reforge  # noqa: E402
-from run import CONCEPTS, TINY, build_model  # noqa: E402
+from patcher_bench import PatcherBench, bound_table  # noqa: E402
+from run import CONCEPTS, TINY  # noqa: E402
 
 
-class ReforgeBench:
+class ReforgeBench(PatcherBench):
     def __init__(self, shape, repeats: int):
-        self.shape, self.repeats = shape, repeats
-        host_harness._models[shape.kind] = build_model(shape, torch.device("cpu"), torch.float32)
-        self.host = reforge.Host()
-
-    def generate(self, values=None, scripts=()):
-        s = self.shape
-        stamps = []
-        with reforge.active() as w:
-            callbacks = w.script_callbacks.callbacks["cfg_denoiser"]
-            stamp = lambda params: stamps.append(time.perf_counter())  # noqa: E731
-            callbacks.append(stamp)
-            try:
-                self.host.extra_scripts = list(scripts)
-                self.host.generate(values, kind=s.kind, sampler_name="Euler", steps=s.steps, batch_size=s.batch,
-                                   width=s.latent * 8, height=s.latent * 8, cfg_scale=7.0)
-            finally:
-                callbacks.remove(stamp)
-                self.host.extra_scripts = []
-        assert self.host.reported == [], self.host.reported[0]
-        return (stamps[-1] - stamps[0]) / (len(stamps) - 1)
+        super().__init__(reforge, shape, repeats)
 
     def runs(self, n):
         values = host_harness.sega_values("\n".join(CONCEPTS[:n]), warmup="0")
         return [lambda: self.generate(), lambda: self.generate(values),
                 lambda: self.generate(scripts=[ConceptLists(n)])]
-
-    def median_of(self, runs):
-        for run in runs:
-            run()
-        times = [[] for _ in runs]
-        for _ in range(self.repeats):
-            for i, run in enumerate(runs):
-                times[i].append(run())
-        return [statistics.median(t) for t in times]
 
     def own_time(self, n):
         """Seconds per step inside SEGA's wrapper and post-CFG function, the batched model
@@ -138,24 +108,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    shape = TINY
-    b = ReforgeBench(shape, args.repeats)
-    lines = [f"### reForge path — {shape.name}, {shape.steps} steps (Euler), batch {shape.batch}, CPU float32, "
-             f"torch {torch.__version__}, {torch.get_num_threads()} threads", "",
-             "| run | per step (ms) | ÷ plain | bound ÷ plain | ÷ bound | target |", "|---|---|---|---|---|---|"]
-    for n in (1, 2, 4):
-        plain, sega, bound = b.median_of(b.runs(n))
-        ok = sega <= 1.05 * bound
-        lines.append(f"| SEGA, {n} concept{'s' if n > 1 else ''} | {sega * 1e3:.2f} | {sega / plain:.3f} | "
-                     f"{bound / plain:.3f} | {sega / bound:.3f} | ≤ 1.05× bound: {'yes' if ok else 'NO'} |")
-    plain = b.median_of([lambda: b.generate()])[0]
-    own, call = b.own_time(4)
-    lines += ["", f"SEGA's own time in its wrapper and post-CFG function, 4 concepts (the model call taken out; "
-              f"the guidance arithmetic, the concepts' cond lists): {own * 1e3:.3f} ms per step = "
-              f"{100 * own / call:.2f} % of the step's model call at 6·B rows ({call * 1e3:.2f} ms, as "
-              f"bench/run.py counts it on A1111; target ≤ 1 %), {100 * own / plain:.2f} % of a plain step "
-              f"({plain * 1e3:.2f} ms)."]
-    print("\n".join(lines))
+    print("\n".join(bound_table(ReforgeBench(TINY, args.repeats), "reForge path", "its wrapper and post-CFG function")))
 
 
 if __name__ == "__main__":

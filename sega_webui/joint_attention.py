@@ -193,9 +193,6 @@ class JointAttention:
     def options(self, model_options: dict) -> dict:
         return model_options
 
-    def install(self) -> None:
-        pass
-
     def arm(self, start: int, rows: int, grid: tuple[int, int], columns: torch.Tensor) -> None:
         if self.layout is not None and self.layout.rope and self.apply_rope is None:
             raise MaskError("the mask needs the transformer's RoPE function (apply_rope) next to its blocks, "
