@@ -22,6 +22,28 @@ def host(request):
     return _hosts[request.param]
 
 
+@pytest.mark.parametrize("name", ["forge", "reforge"])
+def test_the_first_guided_steps_estimates_and_term_equal_the_a1111_paths(name, monkeypatch):
+    """Same model, sampler and seed: the first guided step's ε_u, ε_c and term (the first σ
+    is a whole timestep, where the ComfyUI-style hosts feed the UNet what A1111 does)."""
+    from sega.guidance import SegaGuidance
+
+    seen = {}
+    real = SegaGuidance.step
+
+    def spy(self, step, uncond, concepts, *args, **kwargs):
+        term = real(self, step, uncond, concepts, *args, **kwargs)
+        seen.setdefault(spy.host, (uncond.clone(), concepts.clone(), term.clone()))
+        return term
+
+    monkeypatch.setattr(SegaGuidance, "step", spy)
+    for spy.host in ("a1111", name):
+        _MAKERS[spy.host]().generate(sega_values(warmup="0"), sampler_name="Euler", batch_size=2)
+    for a, other in zip(seen["a1111"], seen[name], strict=True):
+        torch.testing.assert_close(other, a, rtol=1e-4, atol=1e-5)
+    assert seen[name][2].abs().max() > 0
+
+
 @pytest.mark.parametrize("sampler", ["Euler", "DPM++ 2M", "Heun"])
 def test_off_or_empty_is_bit_identical_and_on_changes_the_image(host, sampler):
     plain = host.generate(None, sampler_name=sampler, batch_size=2)
