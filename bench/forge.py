@@ -2,6 +2,7 @@
 
     python bench/forge.py            # CPU, the tiny shape of bench/run.py, about a minute
     python bench/forge.py --flux     # CPU, a Flux-shaped transformer at CFG 1, with and without masks
+    python bench/forge.py --flux-edit  # CPU, editing a photo on that transformer: the inversion's cost
 
 Forge evaluates the prompt and the negative prompt in one call of 2B rows; SEGA adds one
 call of N·B rows for the concepts (forge-contract.md §1), so a SEGA step can cost no less
@@ -23,11 +24,17 @@ plain generation with Forge's CFG-1 shortcut off and a post-CFG function making 
 call; the masks' cost is SEGA with `mask=attention` against SEGA without, the same rows, and
 the time spent inside the masks' hooks and read-back against the masked step (target ≤ 3 %
 of a step).
+
+With --flux-edit: img2img on that transformer at strength 1.0, CFG 1, Euler a (Forge's
+rectified-flow variant on Flux), 12 steps, batch 1 — the sampler launch of plain img2img, of
+img2img with SEGA (1 concept), of a first edit (inversion, then sampling) and of a second
+edit from the cache, and the inversion alone (target ≤ 1.05 × the plain img2img pass).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -153,8 +160,8 @@ def mask_time(bench, n: int) -> tuple[float, float]:
 
 class ConceptCall:
     """The bound's script: a post-CFG function that makes a call of N·B rows from the
-    prompt's cond dict, as SEGA's does, and changes nothing (`cfg_1`: with Forge's CFG-1
-    shortcut off, as SEGA turns it off)."""
+    prompt's cond dict, as SEGA's does, and changes nothing (`cfg_1`: N·B + B rows, the
+    negative prompt's behind the concepts', as SEGA's call at CFG 1)."""
 
     def __init__(self, n, cfg_1=False):
         self.n, self.cfg_1 = n, cfg_1
@@ -162,19 +169,16 @@ class ConceptCall:
     def process_before_every_sampling(self, p, *args, **kwargs):
         from backend.sampling.sampling_function import calc_cond_uncond_batch
 
-        from sega_webui import forge as forge_path
-
-        if self.cfg_1:  # the negative prompt Forge does not encode at CFG 1, as SEGA supplies it
-            forge_path._supply_uncond(p)
+        rows = self.n + self.cfg_1
         unet = p.sd_model.forge_objects.unet.clone()
 
         def post(args):
             x = args["input"]
-            calc_cond_uncond_batch(args["model"], [args["cond"][0]], None, x.repeat(self.n, 1, 1, 1),
-                                   args["sigma"].repeat(self.n), args["model_options"])
+            calc_cond_uncond_batch(args["model"], [args["cond"][0]], None, x.repeat(rows, 1, 1, 1),
+                                   args["sigma"].repeat(rows), args["model_options"])
             return args["denoised"]
 
-        unet.set_model_sampler_post_cfg_function(post, disable_cfg1_optimization=self.cfg_1)
+        unet.set_model_sampler_post_cfg_function(post)
         p.sd_model.forge_objects.unet = unet
 
 
@@ -199,11 +203,82 @@ def flux_table(repeats: int) -> list[str]:
     return lines
 
 
+def flux_edit_table(repeats: int) -> list[str]:
+    b = FluxBench(repeats)
+    host, steps = b.host, b.shape.steps
+    with forge.active():
+        from modules import sd_samplers_common
+    edit = host.w.host.edit
+    size = b.shape.latent * 8
+    common = dict(kind="flux", img2img=True, init_images=host_harness.init_latent(size, size), sampler_name="Euler a",
+                  steps=steps, denoising_strength=1.0, width=size, height=size, cfg_scale=1.0)
+    concept = host_harness.sega_values("smiling, smile", warmup="2")
+    editing = host_harness.sega_values("smiling, smile", warmup="2", invert=True)
+    runs = {
+        "plain img2img": lambda: host.generate(None, **common),
+        "img2img with SEGA, 1 concept": lambda: host.generate(concept, **common),
+        "edit, first (inverts, then samples)": lambda: (edit.clear_cache(), host.generate(editing, **common)),
+        "edit, again (cached)": lambda: host.generate(editing, **common),
+    }
+    launches = {name: [] for name in runs}
+    inversions, calls = [], {}
+    real_launch, real_invert = sd_samplers_common.Sampler.launch_sampling, edit.invert
+
+    def timed(into, fn):
+        t = time.perf_counter()
+        out = fn()
+        into.append(time.perf_counter() - t)
+        return out
+
+    current = []
+    sd_samplers_common.Sampler.launch_sampling = lambda s, n, f: timed(current, lambda: real_launch(s, n, f))
+    edit.invert = lambda *a, **kw: timed(inversions, lambda: real_invert(*a, **kw))
+    try:
+        for _ in range(repeats + 1):  # the first round warms up
+            for name, fn in runs.items():
+                current.clear()
+                fn()
+                launches[name].append(current[-1])
+                calls[name] = list(host.calls("flux"))
+    finally:
+        sd_samplers_common.Sampler.launch_sampling, edit.invert = real_launch, real_invert
+    med = {name: statistics.median(times[1:]) for name, times in launches.items()}
+    inv = statistics.median(inversions[1:])
+    plain, sega = med["plain img2img"], med["img2img with SEGA, 1 concept"]
+    first, again = med["edit, first (inverts, then samples)"], med["edit, again (cached)"]
+    n_plain = len(calls["plain img2img"])
+
+    def counted(name):  # Forge's calls of B rows in the inversion and in sampling, and SEGA's of 2B
+        seg = calls[name].count(2)
+        return f"{len(calls[name]) - seg - n_plain} + {n_plain} (+ {seg} of SEGA's)"
+
+    lines = [f"### Forge path, Flux-shaped, editing a photo — the transformer above, {size}² image "
+             f"({b.shape.latent}² latent), Euler a (rectified-flow variant), {steps} steps, strength 1.0, CFG 1, "
+             f"batch 1, CPU float32, torch {torch.__version__}, {torch.get_num_threads()} threads; medians of "
+             f"{repeats}", "",
+             "| run | sampler launch (ms) | model calls (inversion + sampling) | ratio | target |",
+             "|---|---|---|---|---|",
+             f"| plain img2img | {plain * 1e3:.1f} | {counted('plain img2img')} |  |  |",
+             f"| inversion alone | {inv * 1e3:.1f} | {counted('edit, first (inverts, then samples)').split(' +')[0]} | "
+             f"{inv / plain:.3f} × plain img2img | ≤ 1.05: {'yes' if inv / plain <= 1.05 else 'NO'} |",
+             f"| img2img with SEGA, 1 concept | {sega * 1e3:.1f} | {counted('img2img with SEGA, 1 concept')} | "
+             f"{sega / plain:.3f} × plain img2img |  |",
+             f"| edit, first (inverts, then samples) | {first * 1e3:.1f} | "
+             f"{counted('edit, first (inverts, then samples)')} | {first / sega:.3f} × img2img with SEGA |  |",
+             f"| edit, again (cached) | {again * 1e3:.1f} | {counted('edit, again (cached)')} | "
+             f"{again / sega:.3f} × img2img with SEGA |  |"]
+    return lines
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--flux", action="store_true", help="the Flux-shaped table instead")
+    parser.add_argument("--flux-edit", action="store_true", help="the Flux-shaped photo-editing table instead")
     args = parser.parse_args()
+    if args.flux_edit:
+        print("\n".join(flux_edit_table(args.repeats)))
+        return
     if args.flux:
         print("\n".join(flux_table(args.repeats)))
         return

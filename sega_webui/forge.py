@@ -24,20 +24,21 @@ Implicit masks read the concepts' attention in that same call through an observe
 a Flux-shaped model, which has no cross-attention, through forward hooks on its
 double-stream blocks' q/k norms that are on for that call only (joint_attention.py).
 
-At CFG scale 1 the patch turns Forge's shortcut off (`disable_cfg1_optimization`), so those
-steps are guided too. Its inpainting blend comes after the post-CFG functions, so the term
+At CFG scale 1 (Flux dev always runs so) Forge computes no negative-prompt prediction and
+does not even encode the negative prompt. SEGA encodes it and evaluates it in its own call,
+as B more rows behind the concepts' K·B: Forge's step stays its own B-row call, so a step
+where no concept acts, and every step of a photo's inversion, costs what it costs without
+SEGA and gives the same prediction bit for bit. Its inpainting blend comes after the post-CFG functions, so the term
 reaches only what the mask repaints without being weighted here; the engine still takes its
 thresholds over the repainted region only.
 """
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
 from sega import spaces
-from sega_webui import patcher
+from sega_webui import concept_rows, patcher
 
 # Models Forge loads besides the WebUI's own families that are not flow models either.
 NOT_LEGACY = ("SEGA works on SD 1.x, SD 2.x, SDXL, SD3 and flow-matching (Flux-shaped) checkpoints in Forge; "
@@ -71,32 +72,31 @@ def install(p, run, pass_) -> None:
         run.fail(p, pass_, reason)
         return
     pass_.lead = None  # Forge's ControlNet marks no token in front of the prompt's chunks
-    _supply_uncond(p)
+    negatives = negative_conds(p) if patcher.guides_cfg_1(p) else None
     objects = engine.forge_objects
     unet = objects.unet.clone()
-    patch = ForgePatch(run, p, pass_, _output_space(unet))
+    patch = ForgePatch(run, p, pass_, _output_space(unet), negatives)
     unet.set_model_sampler_pre_cfg_function(patch.pre_cfg)
-    unet.set_model_sampler_post_cfg_function(patch.post_cfg, disable_cfg1_optimization=patcher.guides_cfg_1(p))
-    # The two calls run one after the other: only what the concepts' call needs beyond a
-    # plain step's 2B rows counts.
-    extra = patcher.extra_memory(unet, p, len(pass_.schedules), 2)
+    unet.set_model_sampler_post_cfg_function(patch.post_cfg)
+    # The two calls run one after the other: only what SEGA's call needs beyond the 2B rows
+    # Forge keeps free for a step counts.
+    extra = patcher.extra_memory(unet, p, len(pass_.schedules) + (negatives is not None), 2)
     if extra > 0:
         unet.add_extra_preserved_memory_during_sampling(extra)
     objects.unet = unet
 
 
 def negative_conds(p):
-    """The negative prompt's conds for this pass where Forge encoded none: at CFG scale 1
-    its `setup_conds` sets `p.uc = None`, and `calculate_hr_conds` `p.hr_uc = None` at Hires
-    CFG Scale 1 (Flux dev always runs so), and then no uncond reaches the sampler at all —
-    nothing for SEGA to steer against, whatever the CFG-1 shortcut does. Encoded here as
-    Forge would have (same texts, size, distilled guidance and step schedule); None where
-    Forge has them."""
+    """The negative prompt's conds (one schedule per image) for this pass. At CFG scale 1
+    Forge's `setup_conds` sets `p.uc = None`, and `calculate_hr_conds` `p.hr_uc = None` at
+    Hires CFG Scale 1 (Flux dev always runs so): then SEGA encodes them as Forge would have
+    (same texts, size, distilled guidance and step schedule)."""
     from modules import prompt_parser, sd_samplers, shared
 
     hires = bool(getattr(p, "is_hr_pass", False))
-    if getattr(p, "hr_uc" if hires else "uc", None) is not None:
-        return None
+    own = getattr(p, "hr_uc" if hires else "uc", None)
+    if own is not None:
+        return own
     if hires:
         negatives = getattr(p, "hr_negative_prompts", None) or p.negative_prompts
         size, distilled = (p.hr_upscale_to_x, p.hr_upscale_to_y), getattr(p, "hr_distilled_cfg", None)
@@ -113,38 +113,20 @@ def negative_conds(p):
                                                   shared.opts.use_old_scheduling)
 
 
-def _supply_uncond(p) -> None:
-    """Hand the pass's sampler the negative prompt's conds where Forge skipped them, as its
-    `sample` would have (`extra_args["uncond"]`), around the launch SEGA's pass set-up just
-    hooked (host.py re-hooks from the sampler's own function every pass)."""
-    uc = negative_conds(p)
-    sampler = getattr(p, "sampler", None)
-    if uc is None or sampler is None:
-        return
-    launch = sampler.func
-
-    @functools.wraps(launch)  # the host reads the launch's signature
-    def func(*args, **kwargs):
-        extra = kwargs.get("extra_args")
-        if isinstance(extra, dict) and extra.get("uncond") is None:
-            extra["uncond"] = uc
-        return launch(*args, **kwargs)
-
-    sampler.func = func
-
-
 def _output_space(unet) -> str:
     predictor = getattr(unet.model, "predictor", None)
     return spaces.FLOW if getattr(predictor, "prediction_type", None) == "const" else spaces.DENOISED
 
 
 class ForgePatch(patcher.Patch):
-    """SEGA's pre- and post-CFG functions for one sampling pass."""
+    """SEGA's pre- and post-CFG functions for one sampling pass (`negatives`: the negative
+    prompt's conds where Forge computes no prediction for it, at CFG scale 1)."""
 
     JOINT = True  # the concepts have a call of their own, which a Flux model's hooks can watch alone
 
-    def __init__(self, run, p, pass_, space: str):
+    def __init__(self, run, p, pass_, space: str, negatives=None):
         super().__init__(run, p, pass_, space)
+        self.negatives = negatives
         self.has_uncond = False  # set by pre_cfg for the step that is being computed
 
     def pre_cfg(self, model, cond, uncond, x, timestep, model_options):
@@ -156,12 +138,12 @@ class ForgePatch(patcher.Patch):
         has_uncond, self.has_uncond = self.has_uncond, False
         if self.idle():
             return denoised
-        if not has_uncond:
+        if not has_uncond and self.negatives is None:
             self.note_unguided()
             return denoised
-        return self.guided(denoised, lambda: self._term(args), args["sigma"])
+        return self.guided(denoised, lambda: self._term(args, own_uncond=not has_uncond), args["sigma"])
 
-    def _term(self, args) -> torch.Tensor | None:
+    def _term(self, args, own_uncond: bool) -> torch.Tensor | None:
         plan = self.plan()
         if plan is None:
             return None
@@ -169,31 +151,80 @@ class ForgePatch(patcher.Patch):
         x, sigma, model = args["input"], args["sigma"], args["model"]
         masks = self.masks(model, active, step, denoiser.step, x)
         try:
-            concepts = self._concepts(args, active, denoiser.step, masks) if active else None
-            return self.term(step, denoiser, x, sigma, args["uncond_denoised"], concepts, masks, len(active),
+            if active:
+                concepts, uncond = self._predictions(args, active, denoiser.step, masks, own_uncond)
+            else:  # momentum alone: no direction is taken this step, the uncond gives the shape only
+                concepts, uncond = None, args["uncond_denoised"] if not own_uncond else args["cond_denoised"]
+            return self.term(step, denoiser, x, sigma, uncond, concepts, masks, len(active),
                              getattr(model.predictor, "alphas_cumprod", None))
         finally:
             if masks is not None:  # a Flux model's hooks never outlive SEGA's own call
                 masks.disarm()
 
-    def _concepts(self, args, active, call: int, masks) -> torch.Tensor:
-        """The active concepts' x0 predictions [K, B, …], from one model call of K·B rows
-        (watched by the masks' attention patch when a concept uses a mask)."""
+    def _predictions(self, args, active, call: int, masks, own_uncond: bool):
+        """(the active concepts' x0 predictions [K, B, …], the negative prompt's [B, …]) from
+        one model call of K·B rows (watched by the masks' attention patch when a concept uses
+        a mask) — with the negative prompt's B rows behind them where Forge computed none."""
+        x = args["input"]
+        k, b = len(active), x.shape[0]
+        text = self.concept_conds(active, b, call, x)
+        negative = self._negative_rows(call, text) if own_uncond else None
+        joined = None if negative is None else _join_rows(text, negative)
+        rows = k + (joined is not None)
+        options = args["model_options"] if masks is None else masks.options(args["model_options"])
+        out = self._call(args, text if joined is None else joined, rows, options)
+        if not own_uncond:
+            return out[:k], args["uncond_denoised"]
+        if joined is not None:
+            return out[:k], out[k]
+        # Token counts that differ (a negative prompt longer than the concepts): its own call,
+        # not padded, so its prediction is the one Forge would make.
+        return out, self._call(args, negative, 1, args["model_options"])[0]
+
+    def _negative_rows(self, call: int, like):
+        """The negative prompt's conds at this call's schedule step, B rows, on `like`'s
+        device and in its dtype and dict type."""
+        from modules import prompt_parser
+
+        phase = tuple(concept_rows.schedule_index(schedule, call) for schedule in self.negatives)
+        cached = self.pass_.rows_cache.get(("negative", phase))
+        if cached is None:
+            rows = prompt_parser.reconstruct_cond_batch(self.negatives, call)
+            if isinstance(like, dict):
+                rows = concept_rows.dict_maker(like)({key: value.to(like[key]) for key, value in rows.items()})
+            else:
+                rows = rows.to(like)
+            cached = self.pass_.rows_cache[("negative", phase)] = rows
+        return cached
+
+    def _call(self, args, text, rows: int, options) -> torch.Tensor:
+        """The x0 predictions [rows, B, …] of the conds `text` (rows·B rows, row-group major)
+        on the step's latent, in one call through Forge's own batching."""
         from backend.sampling.condition import compile_conditions
         from backend.sampling.sampling_function import calc_cond_uncond_batch
 
         x, sigma = args["input"], args["sigma"]
-        k, b = len(active), x.shape[0]
-        compiled = compile_conditions(self.concept_conds(active, b, call, x))[0]
+        compiled = compile_conditions(text)[0]
         prompt = args["cond"][0]
-        # The prompt's dict with the concepts' text: its c_concat, control and area stay, and
-        # so does Flux's distilled guidance, the embedding the prompt was evaluated under.
-        concept = {key: value for key, value in prompt.items() if key != "strength"}
-        concept.update({key: value for key, value in compiled.items() if key != "model_conds"})
-        text = {key: value for key, value in compiled["model_conds"].items()
-                if key != "guidance" or "guidance" not in prompt["model_conds"]}
-        concept["model_conds"] = {**prompt["model_conds"], **text}
-        options = args["model_options"] if masks is None else masks.options(args["model_options"])
-        out, _ = calc_cond_uncond_batch(args["model"], [concept], None, x.repeat(k, *([1] * (x.dim() - 1))),
-                                        sigma.repeat(k), options)
-        return out.view(k, b, *x.shape[1:])
+        # The prompt's dict with this text: its c_concat, control and area stay, and so does
+        # Flux's distilled guidance, the embedding the prompt was evaluated under.
+        cond = {key: value for key, value in prompt.items() if key != "strength"}
+        cond.update({key: value for key, value in compiled.items() if key != "model_conds"})
+        conds = {key: value for key, value in compiled["model_conds"].items()
+                 if key != "guidance" or "guidance" not in prompt["model_conds"]}
+        cond["model_conds"] = {**prompt["model_conds"], **conds}
+        out, _ = calc_cond_uncond_batch(args["model"], [cond], None, x.repeat(rows, *([1] * (x.dim() - 1))),
+                                        sigma.repeat(rows), options)
+        return out.view(rows, x.shape[0], *x.shape[1:])
+
+
+def _join_rows(text, negative):
+    """The concepts' rows with the negative prompt's behind them, where every part has the
+    same shape past the rows (the same token count); None where not."""
+    if isinstance(text, dict):
+        if set(text) != set(negative) or any(text[key].shape[1:] != negative[key].shape[1:] for key in text):
+            return None
+        return concept_rows.dict_maker(text)({key: torch.cat([text[key], negative[key]]) for key in text})
+    if text.shape[1:] != negative.shape[1:]:
+        return None
+    return torch.cat([text, negative])

@@ -21,7 +21,7 @@ def cfg_scale(p) -> float:
 
 def guides_cfg_1(p) -> bool:
     """At CFG scale 1 these hosts compute no unconditional prediction unless a post-CFG
-    function asks for it; SEGA needs it."""
+    function asks for it; SEGA needs it (reForge: asks; Forge: evaluates it itself)."""
     return math.isclose(cfg_scale(p), 1.0)
 
 
@@ -85,7 +85,8 @@ class Patch:
 
     def note_unguided(self) -> None:
         """A step the host computed without its unconditional prediction (at CFG scale 1 SEGA
-        has the host compute it, so only the host's skip options get here)."""
+        evaluates it itself on Forge and has reForge compute it, so only the hosts' skip
+        options get here)."""
         self.run.comment(self.p, UNGUIDED)
         self.p.extra_generation_params[UNGUIDED_KEY] = UNGUIDED_STEPS
 

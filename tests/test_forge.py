@@ -35,39 +35,68 @@ def test_only_the_concepts_acting_at_a_step_are_evaluated(host):
     assert host.calls() == [2, 2, 2, 2, 2, 1, 2, 1]
 
 
-def test_cfg_scale_1_steps_are_guided_with_the_uncond_computed(host):
+def test_cfg_scale_1_steps_are_guided_with_the_negative_prompt_in_segas_call(host):
+    """At CFG 1 Forge's step stays its own call of B rows; SEGA's call carries the negative
+    prompt's B rows behind the concepts' K·B. A step where nothing acts costs nothing more
+    and is Forge's own, bit for bit."""
     baseline = host.generate(None, cfg_scale=1.0).images
     assert host.calls() == [1] * 6  # Forge's shortcut: no uncond at CFG 1
     off = host.generate(sega_values(enabled=False), cfg_scale=1.0).images
     assert torch.equal(off, baseline) and host.calls() == [1] * 6
     on = host.generate(sega_values(warmup="0"), cfg_scale=1.0)
-    assert host.calls() == [2, 2] * 6
+    assert host.calls() == [1, 3] * 6
     assert not torch.equal(on.images, baseline) and on.comments == {}
+    late = host.generate(sega_values(warmup="4", momentum_scale=0.0), cfg_scale=1.0)
+    assert host.calls() == [1] * 4 + [1, 3] * 2
+    assert late.comments == {} and not torch.equal(late.images, baseline)
+    assert torch.equal(host.generate(sega_values(warmup="6", momentum_scale=0.0), cfg_scale=1.0).images, baseline)
+    assert host.calls() == [1] * 6
 
 
-def test_at_cfg_1_sega_supplies_the_negative_prompt_forge_did_not_encode(host):
+def test_at_cfg_1_sega_evaluates_the_negative_prompt_forge_did_not_encode(host, monkeypatch):
     """Forge's setup_conds drops the negative prompt at CFG 1 (`p.uc = None`) and
     calculate_hr_conds at Hires CFG 1 (`p.hr_uc = None`, the API's default): SEGA encodes it
     as Forge would have, so the uncond its directions are taken against is the user's
-    negative prompt, in the first pass and in the hires pass."""
-    seen = []
+    negative prompt's own prediction, in the first pass and in the hires pass — the same as
+    a call of that prompt alone."""
+    with forge.active() as w:
+        from backend.sampling.condition import compile_conditions
+        from backend.sampling.sampling_function import calc_cond_uncond_batch
 
-    def spy(params):
-        seen.append(None if params.text_uncond is None else params.text_uncond.clone())
+        from sega_webui import forge as forge_path
+
+    seen, real = [], forge_path.ForgePatch._predictions
+    want = host.engine("sd1").get_learned_conditioning(["blurry, dark"])
+
+    def predictions(self, args, *a, **kw):
+        concepts, uncond = real(self, args, *a, **kw)
+        alone, _ = calc_cond_uncond_batch(args["model"], compile_conditions(want), None, args["input"], args["sigma"],
+                                          args["model_options"])
+        seen.append((uncond, alone, args["input"].shape[-1]))
+        return concepts, uncond
 
     kwargs = dict(cfg_scale=1.0, steps=3, negative_prompt="blurry, dark", enable_hr=True, hr_scale=1.5)
+    texts = []
     with forge.active() as w:
+        spy = lambda params: texts.append(params.text_uncond)  # noqa: E731
         w.script_callbacks.callbacks["cfg_denoiser"].append(spy)
+        monkeypatch.setattr(forge_path.ForgePatch, "_predictions", predictions)
         try:
-            host.generate(None, **kwargs)
-            assert host.calls() == [1] * 6 and seen == [None] * 6
-            seen.clear()
-            host.generate(sega_values(warmup="0"), **kwargs)
-            want = host.engine("sd1").get_learned_conditioning(["blurry, dark"])
+            result = host.generate(sega_values(warmup="0"), **kwargs)
         finally:
             w.script_callbacks.callbacks["cfg_denoiser"].remove(spy)
-    assert host.calls() == [2, 2] * 6
-    assert len(seen) == 6 and all(torch.equal(u, want) for u in seen)
+    assert result.comments == {} and host.calls() == [1, 3, 1] * 6  # the last: this test's call of it alone
+    assert texts == [None] * 6  # Forge's own step is left as Forge made it
+    assert sorted({width for *_, width in seen}) == [8, 12]  # both passes
+    for uncond, alone, _ in seen:
+        torch.testing.assert_close(uncond, alone, rtol=1e-4, atol=1e-5)  # 3 rows against 1: rounding
+    assert seen[0][0].abs().max() > 0
+
+
+def test_a_negative_prompt_of_another_length_gets_its_own_call_at_cfg_1(host):
+    long_negative = ", ".join(["blurry"] * 60)  # two CLIP chunks: not to be padded into the concepts' rows
+    result = host.generate(sega_values(warmup="0"), cfg_scale=1.0, steps=3, negative_prompt=long_negative)
+    assert result.comments == {} and host.calls() == [1, 2, 1] * 3
 
 
 def test_steps_forge_computes_no_uncond_for_are_left_alone(host):
@@ -87,6 +116,8 @@ def test_steps_forge_computes_no_uncond_for_are_left_alone(host):
 
 def test_hires_fix_patches_once_although_forge_hooks_twice(host):
     host.generate(sega_values(warmup="0"), steps=4, enable_hr=True, hr_scale=1.5)
+    assert host.calls() == [2, 2] * 4 + [1, 3] * 4  # the hires pass at Hires CFG 1, Forge's default
+    host.generate(sega_values(warmup="0"), steps=4, enable_hr=True, hr_scale=1.5, hr_cfg=7.0)
     assert host.calls() == [2, 2] * 8
 
 
@@ -255,23 +286,24 @@ def flux(host):
 
 
 def test_flux_is_guided_at_cfg_1_with_the_uncond_and_the_concepts_in_flow_space(flux, monkeypatch):
-    """Flux dev runs at CFG 1 with its guidance as an embedding: SEGA has Forge compute the
-    negative prompt's prediction too (B rows) and adds the concepts' call (K·B rows); the
-    engine's directions ε_c − ε_u, with ε = (x − (1 − σ)·x0)/σ, checked against float64 (the
-    flow space hands the engine the differences directly, ε_u as 0)."""
+    """Flux dev runs at CFG 1 with its guidance as an embedding: Forge's step stays its call
+    of B rows and SEGA's call has the concepts' K·B rows and the negative prompt's B behind
+    them; the engine's directions ε_c − ε_u, with ε = (x − (1 − σ)·x0)/σ, checked against
+    float64 from that call's outputs (the flow space hands the engine the differences
+    directly, ε_u as 0)."""
     with forge.active():
         from sega_webui import forge as forge_path
 
     seen = {}
-    real_post, real_concepts, real_step = forge_path.ForgePatch.post_cfg, forge_path.ForgePatch._concepts, SegaGuidance.step
+    real_post, real_call, real_step = forge_path.ForgePatch.post_cfg, forge_path.ForgePatch._call, SegaGuidance.step
 
     def post(self, args):
-        seen.setdefault("args", []).append({k: args[k].clone() for k in ("input", "sigma", "uncond_denoised")})
+        seen.setdefault("args", []).append({k: args[k].clone() for k in ("input", "sigma")})
         return real_post(self, args)
 
-    def concepts(self, *a, **kw):
-        out = real_concepts(self, *a, **kw)
-        seen.setdefault("concepts", []).append(out.clone())
+    def call(self, *a, **kw):
+        out = real_call(self, *a, **kw)
+        seen.setdefault("calls", []).append(out.clone())
         return out
 
     def step(self, s, uncond, concept_eps, *a, **kw):
@@ -284,10 +316,10 @@ def test_flux_is_guided_at_cfg_1_with_the_uncond_and_the_concepts_in_flow_space(
     assert torch.equal(off, baseline)
     with forge.active():
         monkeypatch.setattr(forge_path.ForgePatch, "post_cfg", post)
-        monkeypatch.setattr(forge_path.ForgePatch, "_concepts", concepts)
+        monkeypatch.setattr(forge_path.ForgePatch, "_call", call)
         monkeypatch.setattr(SegaGuidance, "step", step)
         on = flux.generate(sega_values(warmup="0"), kind="flux", cfg_scale=1.0, steps=4, batch_size=2)
-    assert flux.calls("flux") == [4, 4] * 4  # cond + uncond, then 2 concepts × 2 images
+    assert flux.calls("flux") == [2, 6] * 4  # the prompt; then 2 concepts × 2 images and the negative prompt
     assert on.comments == {} and not torch.equal(on.images, baseline)
     # Step 2: at the first step σ = 1, where every flow model's ε is x itself and SEGA's
     # directions are 0 (the x0 predictions differ, their noise estimates do not).
@@ -298,9 +330,11 @@ def test_flux_is_guided_at_cfg_1_with_the_uncond_and_the_concepts_in_flow_space(
     def eps(x0):
         return (a["input"] - (1 - sigma) * x0.double()) / sigma
 
+    out = seen["calls"][1]
+    assert out.shape[:2] == (3, 2)
     uncond_eps, concept_eps = seen["eps"][1]
     got = concept_eps.double() - uncond_eps.double().unsqueeze(0)
-    want = torch.stack([eps(c) - eps(a["uncond_denoised"]) for c in seen["concepts"][1]])
+    want = torch.stack([eps(c) - eps(out[2]) for c in out[:2]])
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
     assert want.abs().max() > 1e-3
 
@@ -416,18 +450,18 @@ def record_concept_attention(monkeypatch, module, qk):
 
     calls, collected, inside = [], [], []
     real_attention, real_collect = module.attention, joint_attention.JointAttention.collect
-    real_concepts = forge_path.ForgePatch._concepts
+    real_predictions = forge_path.ForgePatch._predictions
 
     def attention(*args, **kwargs):
         if inside:
             calls.append(qk(*args, **kwargs))
         return real_attention(*args, **kwargs)
 
-    def concepts(self, *a, **kw):
+    def predictions(self, *a, **kw):
         inside.append(1)
         calls.clear()
         try:
-            return real_concepts(self, *a, **kw)
+            return real_predictions(self, *a, **kw)
         finally:
             inside.clear()
 
@@ -437,7 +471,7 @@ def record_concept_attention(monkeypatch, module, qk):
         return out
 
     monkeypatch.setattr(module, "attention", attention)
-    monkeypatch.setattr(forge_path.ForgePatch, "_concepts", concepts)
+    monkeypatch.setattr(forge_path.ForgePatch, "_predictions", predictions)
     monkeypatch.setattr(joint_attention.JointAttention, "collect", collect)
     return collected
 
@@ -460,7 +494,9 @@ def test_flux_joint_attention_maps_equal_an_explicit_softmax(flux, monkeypatch):
     assert result.comments == {} and flux.reported == []
     assert len(collected) == 2
     maps, calls = collected[1]
-    assert len(calls) == 4 + 2  # the concepts' call: 4 double blocks, 2 single ones
+    assert len(calls) == 4 + 2  # SEGA's call: 4 double blocks, 2 single ones
+    assert calls[0][0].shape[0] == 4 + 2  # 2 concepts × 2 images, then the negative prompt's 2 rows
+    calls = [(q[:4], k[:4]) for q, k in calls]
     tokens = engine.text_processing_engine_t5
     columns = torch.zeros(4, 256, dtype=torch.float64)
     for i, text in enumerate(["smile", "glasses"]):
@@ -483,11 +519,11 @@ def test_flux_hooks_come_off_after_each_concept_call(flux, monkeypatch):
         blocks = list(flux.engines["flux"].network.double_blocks)
         seen = []
 
-        def concepts(self, *a, **kw):
+        def predictions(self, *a, **kw):
             seen.append(sum(len(b._forward_pre_hooks) + len(b.img_attn.norm._forward_hooks) for b in blocks))
             raise RuntimeError("the concepts' call failed")
 
-        monkeypatch.setattr(forge_path.ForgePatch, "_concepts", concepts)
+        monkeypatch.setattr(forge_path.ForgePatch, "_predictions", predictions)
         result = flux.generate(sega_values(warmup="0", mask="attention"), kind="flux", cfg_scale=1.0, steps=2)
     assert seen and seen[0] > 0
     assert "the concepts' call failed" in " ".join(result.comments)
@@ -559,9 +595,17 @@ def test_flux_photo_edit_reconstructs_with_no_concept_and_edits_with_one(flux, m
     back = flux.generate(sega_values("", invert=True), **kwargs)
     x0, n, sigma = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8), torch.tensor(0.3)
     assert len(noising) == 1 and torch.allclose(noising[0](x0, n, sigma), 0.3 * n + 0.7 * x0)
-    assert back.comments == {} and (back.images - photo).abs().max() < 1e-4
+    # The inversion and the sampling pass make the same calls of Forge's (B rows at CFG 1):
+    # the photo comes back to float rounding.
+    assert back.comments == {} and (back.images - photo).abs().max() < 1e-6
+    edit.clear_cache()
     edited = flux.generate(sega_values("smile", invert=True, warmup="0"), **kwargs)
     assert edited.comments == {} and (edited.images - photo).abs().max() > 1e-3
+    # The inversion makes Forge's own calls of B rows, as plain img2img does at CFG 1; the
+    # sampling pass adds SEGA's call (the concept and the negative prompt) to each.
+    calls = flux.calls("flux")
+    m = calls.count(2)
+    assert m > 0 and calls == [1] * m + [1, 2] * m
 
 
 @pytest.fixture(scope="module")
@@ -613,7 +657,8 @@ def test_sd3_in_forge_is_guided_and_its_masks_equal_an_explicit_softmax(sd3, mon
     for maps, blocks in collected:
         assert len(blocks) == 4
         total, heads = 0, 0
-        for q, k in blocks[1:3]:
+        for q, k in blocks[1:3]:  # the concepts' rows, not the negative prompt's behind them
+            q, k = q[:4], k[:4]
             probs = (q[:, :, 333:] @ k.transpose(-1, -2) / q.shape[-1] ** 0.5).softmax(dim=-1)[..., :333]
             total = total + torch.einsum("rhqt,rt->rq", probs, columns)
             heads += q.shape[1]
