@@ -142,7 +142,10 @@ class SegaArgs:
         """Generation parameters: the concepts plus every setting that is not its default."""
         if not self.active:
             return {}
-        out = {BY_NAME["concepts"].infotext: format_concepts(self.concepts)}
+        # The WebUI's parser (parse_generation_parameters) drops a key whose value is empty
+        # ("Error parsing" on v[0]), so a run without concepts (an inversion check, `invert`
+        # with an empty box) writes the empty text quoted: it reads back as "", SEGA on.
+        out = {BY_NAME["concepts"].infotext: format_concepts(self.concepts) or '""'}
         for f in FIELDS:
             if f.infotext and f.name != "concepts":
                 value = getattr(self, f.name)

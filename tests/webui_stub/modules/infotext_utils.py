@@ -43,7 +43,10 @@ def parse_generation_parameters(text):
             in_negative, line = True, line[len("Negative prompt:"):].strip()
         (negative if in_negative else prompt).append(line)
     for key, value in _pair.findall(last):
-        res[key] = unquote(value) if value[:1] == '"' and value[-1:] == '"' else value
+        try:  # as the WebUI: `v[0]` fails on an empty value, and the key is dropped ("Error parsing")
+            res[key] = unquote(value) if value[0] == '"' and value[-1] == '"' else value
+        except IndexError:
+            print(f'Error parsing "{key}: {value}"')
     res["Prompt"] = "\n".join(prompt)
     res["Negative prompt"] = "\n".join(negative)
     return res
