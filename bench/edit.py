@@ -25,6 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT), str(ROOT / "bench")]
 
+import edit_runs  # noqa: E402
 import host_harness  # noqa: E402
 import run as bench_run  # noqa: E402  (the shapes and model builder of bench/run.py)
 import webui  # noqa: E402
@@ -88,16 +89,8 @@ def main():
     b = bench_run.Bench(shape, device, dtype, a.repeats)
     host = b.host
     init = host_harness.init_latent(512, 512).to(device)
-    common = dict(img2img=True, sampler_name="Euler a", steps=STEPS, denoising_strength=1.0, width=512, height=512,
-                  init_images=init, kind=shape.kind, cfg_scale=7.0)
-    concept = host_harness.sega_values("smiling, smile", warmup="2")
-    editing = host_harness.sega_values("smiling, smile", warmup="2", invert=True)
-    runs = {
-        "plain img2img": lambda: host.generate(None, **common),
-        "img2img with SEGA (1 concept)": lambda: host.generate(concept, **common),
-        "edit, first (inverts)": lambda: (edit.clear_cache(), host.generate(editing, **common)),
-        "edit, again (cached)": lambda: host.generate(editing, **common),
-    }
+    runs = edit_runs.runs(host, edit, img2img=True, sampler_name="Euler a", steps=STEPS, denoising_strength=1.0,
+                          width=512, height=512, init_images=init, kind=shape.kind, cfg_scale=7.0)
 
     launch = {k: [] for k in runs}
     inversion = []

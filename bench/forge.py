@@ -44,6 +44,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
 
+import edit_runs as R  # noqa: E402
 import forge  # noqa: E402
 import host_harness  # noqa: E402
 from patcher_bench import PatcherBench, bound_table  # noqa: E402
@@ -210,16 +211,9 @@ def flux_edit_table(repeats: int) -> list[str]:
         from modules import sd_samplers_common
     edit = host.w.host.edit
     size = b.shape.latent * 8
-    common = dict(kind="flux", img2img=True, init_images=host_harness.init_latent(size, size), sampler_name="Euler a",
-                  steps=steps, denoising_strength=1.0, width=size, height=size, cfg_scale=1.0)
-    concept = host_harness.sega_values("smiling, smile", warmup="2")
-    editing = host_harness.sega_values("smiling, smile", warmup="2", invert=True)
-    runs = {
-        "plain img2img": lambda: host.generate(None, **common),
-        "img2img with SEGA, 1 concept": lambda: host.generate(concept, **common),
-        "edit, first (inverts, then samples)": lambda: (edit.clear_cache(), host.generate(editing, **common)),
-        "edit, again (cached)": lambda: host.generate(editing, **common),
-    }
+    runs = R.runs(host, edit, kind="flux", img2img=True, init_images=host_harness.init_latent(size, size),
+                          sampler_name="Euler a", steps=steps, denoising_strength=1.0, width=size, height=size,
+                          cfg_scale=1.0)
     launches = {name: [] for name in runs}
     inversions, calls = [], {}
     real_launch, real_invert = sd_samplers_common.Sampler.launch_sampling, edit.invert
@@ -244,9 +238,8 @@ def flux_edit_table(repeats: int) -> list[str]:
         sd_samplers_common.Sampler.launch_sampling, edit.invert = real_launch, real_invert
     med = {name: statistics.median(times[1:]) for name, times in launches.items()}
     inv = statistics.median(inversions[1:])
-    plain, sega = med["plain img2img"], med["img2img with SEGA, 1 concept"]
-    first, again = med["edit, first (inverts, then samples)"], med["edit, again (cached)"]
-    n_plain = len(calls["plain img2img"])
+    plain, sega, first, again = (med[name] for name in (R.PLAIN, R.SEGA, R.FIRST, R.AGAIN))
+    n_plain = len(calls[R.PLAIN])
 
     def counted(name):  # Forge's calls of B rows in the inversion and in sampling, and SEGA's of 2B
         seg = calls[name].count(2)
@@ -258,14 +251,14 @@ def flux_edit_table(repeats: int) -> list[str]:
              f"{repeats}", "",
              "| run | sampler launch (ms) | model calls (inversion + sampling) | ratio | target |",
              "|---|---|---|---|---|",
-             f"| plain img2img | {plain * 1e3:.1f} | {counted('plain img2img')} |  |  |",
-             f"| inversion alone | {inv * 1e3:.1f} | {counted('edit, first (inverts, then samples)').split(' +')[0]} | "
+             f"| plain img2img | {plain * 1e3:.1f} | {counted(R.PLAIN)} |  |  |",
+             f"| inversion alone | {inv * 1e3:.1f} | {counted(R.FIRST).split(' +')[0]} | "
              f"{inv / plain:.3f} × plain img2img | ≤ 1.05: {'yes' if inv / plain <= 1.05 else 'NO'} |",
-             f"| img2img with SEGA, 1 concept | {sega * 1e3:.1f} | {counted('img2img with SEGA, 1 concept')} | "
+             f"| img2img with SEGA, 1 concept | {sega * 1e3:.1f} | {counted(R.SEGA)} | "
              f"{sega / plain:.3f} × plain img2img |  |",
              f"| edit, first (inverts, then samples) | {first * 1e3:.1f} | "
-             f"{counted('edit, first (inverts, then samples)')} | {first / sega:.3f} × img2img with SEGA |  |",
-             f"| edit, again (cached) | {again * 1e3:.1f} | {counted('edit, again (cached)')} | "
+             f"{counted(R.FIRST)} | {first / sega:.3f} × img2img with SEGA |  |",
+             f"| edit, again (cached) | {again * 1e3:.1f} | {counted(R.AGAIN)} | "
              f"{again / sega:.3f} × img2img with SEGA |  |"]
     return lines
 

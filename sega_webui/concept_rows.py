@@ -23,7 +23,7 @@ def build(pass_, active, batch: int, call: int, like, length: int | None):
         make_dict = dict_maker(like)
         concept = prompt_parser.reconstruct_cond_batch(pass_.schedules, call)
         concept = rows.select_rows(concept, torch.tensor(active, dtype=torch.long), batch, make_dict)
-        concept = _to_device(concept, like, make_dict)
+        concept = to_device(concept, like, make_dict)
         if pass_.lead is not None:
             concept = rows.prepend_token(concept, pass_.lead, make_dict)
         if length is not None and rows.token_length(concept) < length:
@@ -60,7 +60,7 @@ def chunk_length() -> int:
     return int(empty.shape[1]) if empty is not None else 77
 
 
-def _to_device(cond, like, make_dict):
+def to_device(cond, like, make_dict):
     if isinstance(cond, dict):
         return make_dict({k: v.to(like[k].device) for k, v in cond.items()})
     return cond.to(like.device)

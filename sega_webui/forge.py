@@ -28,9 +28,11 @@ At CFG scale 1 (Flux dev always runs so) Forge computes no negative-prompt predi
 does not even encode the negative prompt. SEGA encodes it and evaluates it in its own call,
 as B more rows behind the concepts' K·B: Forge's step stays its own B-row call, so a step
 where no concept acts, and every step of a photo's inversion, costs what it costs without
-SEGA and gives the same prediction bit for bit. Its inpainting blend comes after the post-CFG functions, so the term
-reaches only what the mask repaints without being weighted here; the engine still takes its
-thresholds over the repainted region only.
+SEGA and gives the same prediction bit for bit.
+
+Forge's inpainting blend comes after the post-CFG functions, so the term reaches only what
+the mask repaints without being weighted here; the engine still takes its thresholds over
+the repainted region only.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import torch
 
 from sega import spaces
 from sega_webui import concept_rows, patcher
+from sega_webui.rows import cat_conds
 
 # Models Forge loads besides the WebUI's own families that are not flow models either.
 NOT_LEGACY = ("SEGA works on SD 1.x, SD 2.x, SDXL, SD3 and flow-matching (Flux-shaped) checkpoints in Forge; "
@@ -127,6 +130,7 @@ class ForgePatch(patcher.Patch):
     def __init__(self, run, p, pass_, space: str, negatives=None):
         super().__init__(run, p, pass_, space)
         self.negatives = negatives
+        self._last_join = None  # (concept rows, negative rows, joined): see _joined
         self.has_uncond = False  # set by pre_cfg for the step that is being computed
 
     def pre_cfg(self, model, cond, uncond, x, timestep, model_options):
@@ -169,7 +173,7 @@ class ForgePatch(patcher.Patch):
         k, b = len(active), x.shape[0]
         text = self.concept_conds(active, b, call, x)
         negative = self._negative_rows(call, text) if own_uncond else None
-        joined = None if negative is None else _join_rows(text, negative)
+        joined = None if negative is None else self._joined(text, negative)
         rows = k + (joined is not None)
         options = args["model_options"] if masks is None else masks.options(args["model_options"])
         out = self._call(args, text if joined is None else joined, rows, options)
@@ -183,19 +187,31 @@ class ForgePatch(patcher.Patch):
 
     def _negative_rows(self, call: int, like):
         """The negative prompt's conds at this call's schedule step, B rows, on `like`'s
-        device and in its dtype and dict type."""
+        device and in its dict type."""
         from modules import prompt_parser
 
         phase = tuple(concept_rows.schedule_index(schedule, call) for schedule in self.negatives)
         cached = self.pass_.rows_cache.get(("negative", phase))
         if cached is None:
-            rows = prompt_parser.reconstruct_cond_batch(self.negatives, call)
-            if isinstance(like, dict):
-                rows = concept_rows.dict_maker(like)({key: value.to(like[key]) for key, value in rows.items()})
-            else:
-                rows = rows.to(like)
-            cached = self.pass_.rows_cache[("negative", phase)] = rows
+            conds = prompt_parser.reconstruct_cond_batch(self.negatives, call)
+            cached = concept_rows.to_device(conds, like, concept_rows.dict_maker(like))
+            self.pass_.rows_cache[("negative", phase)] = cached
         return cached
+
+    def _joined(self, text, negative):
+        """The concepts' rows with the negative prompt's behind them, where every part has the
+        same shape past the rows (the same token count); None where not. Both inputs come from
+        the per-phase caches, so the join is made once per phase, not every step."""
+        last = self._last_join
+        if last is not None and last[0] is text and last[1] is negative:
+            return last[2]
+        if isinstance(text, dict):
+            fits = set(text) == set(negative) and all(text[key].shape[1:] == negative[key].shape[1:] for key in text)
+        else:
+            fits = text.shape[1:] == negative.shape[1:]
+        joined = cat_conds(text, negative, concept_rows.dict_maker(text)) if fits else None
+        self._last_join = (text, negative, joined)
+        return joined
 
     def _call(self, args, text, rows: int, options) -> torch.Tensor:
         """The x0 predictions [rows, B, …] of the conds `text` (rows·B rows, row-group major)
@@ -217,14 +233,3 @@ class ForgePatch(patcher.Patch):
                                         sigma.repeat(rows), options)
         return out.view(rows, x.shape[0], *x.shape[1:])
 
-
-def _join_rows(text, negative):
-    """The concepts' rows with the negative prompt's behind them, where every part has the
-    same shape past the rows (the same token count); None where not."""
-    if isinstance(text, dict):
-        if set(text) != set(negative) or any(text[key].shape[1:] != negative[key].shape[1:] for key in text):
-            return None
-        return concept_rows.dict_maker(text)({key: torch.cat([text[key], negative[key]]) for key in text})
-    if text.shape[1:] != negative.shape[1:]:
-        return None
-    return torch.cat([text, negative])
