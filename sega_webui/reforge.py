@@ -26,9 +26,7 @@ forward), which finds them by the list index reForge gives each chunk.
 
 from __future__ import annotations
 
-import torch
-
-from sega import spaces
+from sega import cond_lists
 from sega_webui import patcher
 
 WRAPPER_KEY = "sd-webui-sega"
@@ -65,7 +63,7 @@ def install(p, run, pass_) -> None:
         return
     pass_.lead = None  # reForge's ControlNet marks no token in front of the prompt's chunks
     unet = objects.unet.clone()
-    patch = ReforgePatch(run, p, pass_, _output_space(unet))
+    patch = ReforgePatch(run, p, pass_, cond_lists.output_space(getattr(unet.model, "model_sampling", None)))
     patcher_extension.add_wrapper_with_key(patcher_extension.WrappersMP.CALC_COND_BATCH, WRAPPER_KEY,
                                            patch.calc_cond_batch, unet.model_options, is_model_options=True)
     unet.set_model_sampler_post_cfg_function(patch.post_cfg, disable_cfg1_optimization=patcher.guides_cfg_1(p))
@@ -76,12 +74,6 @@ def install(p, run, pass_) -> None:
         unet.add_extra_preserved_memory_during_sampling(extra)
     unet._sega_pass = pass_
     objects.unet = unet
-
-
-def _output_space(unet) -> str:
-    sampling = getattr(unet.model, "model_sampling", None)
-    flow = any(c.__name__ == "CONST" for c in type(sampling).__mro__)
-    return spaces.FLOW if flow else spaces.DENOISED
 
 
 class _Step:
@@ -119,14 +111,12 @@ class ReforgePatch(patcher.Patch):
         if not lists:
             self.step = step
             return executor(model, conds, x_in, timestep, model_options)
-        try:
-            out = executor(model, [*conds, *lists], x_in, timestep, options)
-        except Exception as e:  # e.g. out of memory with the extra rows: the step still gets made
-            self.run.fail(self.p, self.pass_, f"the model call with its rows failed ({type(e).__name__}: {e})", e)
-            return executor(model, conds, x_in, timestep, model_options)
-        step.concepts = torch.stack(list(out[len(conds):]))
-        self.step = step
-        return out[: len(conds)]
+        out, step.concepts = cond_lists.call_with_lists(
+            executor, model, conds, x_in, timestep, options, lists, model_options,
+            lambda e: self.run.fail(self.p, self.pass_, f"the model call with its rows failed ({type(e).__name__}: {e})", e))
+        if step.concepts is not None:
+            self.step = step
+        return out
 
     def _extend(self, model, conds, x_in, model_options):
         """This call's step and the concepts' cond lists (one per acting concept)."""
@@ -144,12 +134,7 @@ class ReforgePatch(patcher.Patch):
             prompt = conds[0][0]
             for i in range(len(active)):
                 rows = {k: v[i * b : (i + 1) * b] for k, v in cond.items()} if isinstance(cond, dict) else cond[i * b : (i + 1) * b]
-                compiled = cond_from_a1111_to_patched_ldm(rows)[0]
-                # The prompt's dict with the concept's text: its c_concat, control and area stay.
-                concept = {key: value for key, value in prompt.items() if key not in ("strength", "uuid")}
-                concept.update({key: value for key, value in compiled.items() if key != "model_conds"})
-                concept["model_conds"] = {**prompt["model_conds"], **compiled["model_conds"]}
-                lists.append([concept])
+                lists.append([cond_lists.concept_cond(prompt, cond_from_a1111_to_patched_ldm(rows)[0])])
         if masks is not None:
             model_options = masks.options(model_options)
         return _Step(plan, None, masks), lists, model_options

@@ -474,3 +474,37 @@ class QuadrantLDM(TinyLDM):
             ids = torch.tensor([[0] + c + [1] * (76 - len(c)) for c in chunks])
             rows.append(self._table[ids].reshape(1, -1, 32))
         return torch.cat(rows)
+
+
+class TinyFlow(torch.nn.Module):
+    """A random-weight flow-matching model (velocity out) with the call face of Flux in ComfyUI:
+    `(x, timestep = σ, context, y, guidance, control, transformer_options)`. Each latent pixel
+    attends to the context's tokens, so the prompt changes the output where it attends, and
+    the distilled `guidance` value enters with the timestep."""
+
+    def __init__(self, seed: int = 0, channels: int = 4, context_dim: int = 32, width: int = 16):
+        super().__init__()
+        self.width = width
+        self.inp = torch.nn.Conv2d(channels, width, 3, padding=1)
+        self.ctx = torch.nn.Linear(context_dim, width)
+        self.emb = torch.nn.Linear(2, width)
+        self.mid = torch.nn.Conv2d(width, width, 3, padding=1)
+        self.out = torch.nn.Conv2d(width, channels, 3, padding=1)
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.3)
+
+    @property
+    def dtype(self):
+        return self.out.weight.dtype
+
+    def forward(self, x, timestep, context=None, y=None, guidance=None, control=None, transformer_options={},  # noqa: B006
+                **kwargs):
+        g = guidance if guidance is not None else torch.zeros_like(timestep)
+        emb = self.emb(torch.stack([timestep.to(x.dtype), g.to(x.dtype)], dim=-1))
+        h = self.inp(x)
+        keys = self.ctx(context.to(x.dtype))
+        attn = torch.softmax(torch.einsum("bchw,btc->bhwt", h, keys) / self.width**0.5, dim=-1)
+        h = h + torch.einsum("bhwt,btc->bchw", attn, keys) + emb[..., None, None]
+        return self.out(torch.tanh(self.mid(torch.tanh(h))))

@@ -1,0 +1,75 @@
+"""comfy/model_sampling.py: reForge's EPS / V_PREDICTION / ModelSamplingDiscrete (see _reforge.py)
+plus what ComfyUI 0.8.0 has beside them: `inverse_noise_scaling`, `CONST` (flow models: x0 =
+x − σ·v, noise_scaling σ·n + (1 − σ)·latent, inverse ÷ (1 − σ)) and `ModelSamplingFlux`
+(σ(t) = e^shift / (e^shift + 1/t − 1), timestep = σ, shift 1.15)."""
+
+import math
+
+import torch
+
+from comfy._reforge import reuse
+
+reuse("modules/model_sampling.py", globals())
+_discrete = model_sampling  # noqa: F821 - defined by reuse()
+
+
+def _inverse_noise_scaling(self, sigma, latent):
+    return latent
+
+
+EPS.inverse_noise_scaling = _inverse_noise_scaling  # noqa: F821
+
+
+class CONST:
+    def calculate_input(self, sigma, noise):
+        return noise
+
+    def calculate_denoised(self, sigma, model_output, model_input):
+        sigma = sigma.view(sigma.shape[:1] + (1,) * (model_output.ndim - 1))
+        return model_input - model_output * sigma
+
+    def noise_scaling(self, sigma, noise, latent_image, max_denoise=False):
+        sigma = sigma.view(sigma.shape[:1] + (1,) * (noise.ndim - 1))
+        return sigma * noise + (1.0 - sigma) * latent_image
+
+    def inverse_noise_scaling(self, sigma, latent):
+        return latent / (1.0 - sigma)
+
+
+class ModelSamplingFlux(torch.nn.Module):
+    def __init__(self, shift=1.15, timesteps=10000):
+        super().__init__()
+        self.shift = shift
+        ts = self.sigma(torch.arange(1, timesteps + 1, 1) / timesteps)
+        self.register_buffer("sigmas", ts)
+
+    @property
+    def sigma_min(self):
+        return self.sigmas[0]
+
+    @property
+    def sigma_max(self):
+        return self.sigmas[-1]
+
+    def timestep(self, sigma):
+        return sigma
+
+    def sigma(self, timestep):
+        t = torch.as_tensor(timestep, dtype=torch.float32)
+        return math.exp(self.shift) / (math.exp(self.shift) + (1 / t - 1) ** 1.0)
+
+    def percent_to_sigma(self, percent):
+        if percent <= 0.0:
+            return 1.0
+        if percent >= 1.0:
+            return 0.0
+        return float(self.sigma(torch.tensor(1.0 - percent)))
+
+
+def model_sampling(alphas_cumprod=None, prediction="eps"):
+    if prediction == "flux":
+        class ModelSampling(ModelSamplingFlux, CONST):
+            pass
+
+        return ModelSampling()
+    return _discrete(alphas_cumprod, prediction)

@@ -1,0 +1,305 @@
+"""SEGA as a ComfyUI node pack, in the ComfyUI 0.8.0 stand-in (tests/comfy_stub) with the tiny
+models: loading, the nodes' validation, SEGA off is the host's own image, one batched call per
+step, the term against a float64 recomputation from the call's own outputs, fresh state per
+run, CFG 1 and Flux's distilled guidance, BasicGuider, another pack replacing the batched call."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import subprocess
+import sys
+import textwrap
+
+import comfy_host as host
+import pytest
+import torch
+import webui
+
+from sega import spaces
+from sega.args import SegaArgs
+from sega_comfy import nodes as sega_nodes
+from sega_comfy.patch import WRAPPER_KEY
+
+DEFAULTS = dict(scale=5.0, threshold=0.95, warmup="0", cooldown="", weight=1.0, momentum_scale=0.3,
+                momentum_beta=0.6)
+
+
+def sega(model, clip, concepts, negative=None, extra=None, **settings):
+    values = {**DEFAULTS, **settings}
+    return sega_nodes.SegaGuidanceNode().apply(model, clip, concepts, negative=negative,
+                                               concept_conditionings=extra, **values)[0]
+
+
+# ---- loading -------------------------------------------------------------------------------
+
+LOAD_AS_COMFY = textwrap.dedent("""
+    import importlib.util, logging, sys
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    {prelude}
+    root = sys.argv[1]
+    # ComfyUI's load_custom_node: the folder's __init__.py as a package named by its path.
+    name = root.replace(".", "_x_")
+    spec = importlib.util.spec_from_file_location(name, root + "/__init__.py", submodule_search_locations=[root])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    print("NODES", sorted(module.NODE_CLASS_MAPPINGS), sorted(module.NODE_DISPLAY_NAME_MAPPINGS.values()))
+    print("SEGA_FROM", getattr(sys.modules.get("sega"), "__file__", None))
+    print("WEBUI", sorted(m for m in sys.modules if m.split(".")[0] in ("modules", "gradio", "sega_webui")))
+""")
+
+
+def _load_as_comfy(prelude: str = "") -> str:
+    out = subprocess.run([sys.executable, "-c", LOAD_AS_COMFY.format(prelude=prelude), str(webui.ROOT)],
+                         capture_output=True, text=True, cwd="/", timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout + out.stderr
+
+
+def test_comfyui_loads_the_folder_as_a_node_pack_without_the_webui():
+    out = _load_as_comfy()
+    assert "NODES ['SEGA', 'SEGAConcept'] ['SEGA (semantic guidance)', 'SEGA concept (conditioning)']" in out
+    assert f"SEGA_FROM {webui.ROOT / 'sega' / '__init__.py'}" in out
+    assert "WEBUI []" in out  # nothing of the WebUI side is imported
+
+
+def test_a_foreign_sega_package_is_one_clear_log_line_and_no_nodes():
+    prelude = "import types; sys.modules['sega'] = types.ModuleType('sega'); sys.modules['sega'].__file__ = '/elsewhere/sega/__init__.py'"
+    out = _load_as_comfy(prelude)
+    assert "NODES [] []" in out
+    errors = [line for line in out.splitlines() if line.startswith("[SEGA]")]
+    assert errors == ["[SEGA] the SEGA nodes could not be loaded (ImportError: another package named 'sega' is "
+                      "already loaded (from /elsewhere/sega))"]
+
+
+def test_the_node_inputs_come_from_the_settings_table():
+    inputs = sega_nodes.SegaGuidanceNode.INPUT_TYPES()
+    assert list(inputs["required"]) == ["model", "clip", "concepts", "scale", "threshold", "weight", "warmup",
+                                        "cooldown", "momentum_scale", "momentum_beta"]
+    assert inputs["required"]["threshold"][1]["max"] == 1.0 and inputs["required"]["warmup"][1]["default"] == "20%"
+    assert set(inputs["optional"]) == {"negative", "concept_conditionings"}
+
+
+# ---- validation ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("concepts, message", [
+    ("smile\nglasses :: colour=red", "concepts: line 2 (glasses :: colour=red): unknown key 'colour'"),
+    ("smile :: threshold=7", "concepts: line 1 (smile :: threshold=7): threshold must be between 0 and 1, got 7"),
+    ("-", "concepts: line 1 (-): the concept text is empty"),
+    ("\n".join(f"c{i}" for i in range(200)), "too many concepts: the limit is"),
+    ("smile :: mask=attention", "concepts[1]: implicit masks (mask=attention / intersect) are not available"),
+    ("smile <lora:x:1>", "concepts[1]: <lora:x:1> is WebUI syntax"),
+])
+def test_a_mistake_in_the_concepts_is_a_validation_error_naming_the_input_and_line(concepts, message):
+    result = sega_nodes.SegaGuidanceNode.VALIDATE_INPUTS(concepts=concepts, **DEFAULTS)
+    assert isinstance(result, str) and message in result, result
+
+
+def test_valid_settings_and_linked_inputs_validate():
+    assert sega_nodes.SegaGuidanceNode.VALIDATE_INPUTS(concepts="# a comment\nsmile\n-glasses :: scale=3 warmup=10%",
+                                                       **DEFAULTS) is True
+    assert sega_nodes.SegaGuidanceNode.VALIDATE_INPUTS(concepts=None) is True  # linked: checked when it runs
+    assert "warmup" in sega_nodes.SegaGuidanceNode.VALIDATE_INPUTS(concepts="x", **{**DEFAULTS, "warmup": "later"})
+    assert sega_nodes.SegaConceptNode.VALIDATE_INPUTS(settings="scale=7 threshold=0.9") is True
+    assert "unknown key 'scael'" in sega_nodes.SegaConceptNode.VALIDATE_INPUTS(settings="scael=7")
+
+
+# ---- off, on, cost --------------------------------------------------------------------------
+
+def test_no_concepts_or_nothing_that_acts_leaves_the_model_as_it_came():
+    model, clip = host.checkpoint("sd1")
+    for concepts, settings in (("", {}), ("# only a comment", {}), ("smile", {"scale": 0.0}),
+                               ("smile :: weight=0", {})):
+        assert sega(model, clip, concepts, **settings) is model
+    plain = host.txt2img(model, clip)
+    assert torch.equal(host.txt2img(sega(model, clip, "smile", scale=0.0), clip), plain)
+
+
+@pytest.mark.parametrize("kind", ["sd1", "sdxl", "v"])
+def test_concepts_change_the_image_deterministically_in_one_batched_call_per_step(kind):
+    model, clip = host.checkpoint(kind)
+    plain = host.txt2img(model, clip, batch=2)
+    guided = sega(model, clip, "smiling\n-glasses :: scale=3")
+    host.calls(model).clear()
+    first = host.txt2img(guided, clip, batch=2)
+    assert host.calls(model) == [2 * (2 + 2)] * 6  # (2 + K)·B rows, one call per step
+    assert torch.equal(host.txt2img(guided, clip, batch=2), first)
+    assert (first - plain).abs().max() > 1e-2
+    # The patch stays on its own clone: the checkpoint samples as before.
+    assert torch.equal(host.txt2img(model, clip, batch=2), plain)
+
+
+def test_a_run_starts_fresh_state_and_a_model_serves_several_samplers():
+    model, clip = host.checkpoint("sd1")
+    guided = sega(model, clip, "smiling", momentum_scale=0.5)
+    once = host.txt2img(guided, clip, seed=3)
+    other = host.txt2img(guided, clip, seed=4, sampler="dpmpp_2m")
+    assert torch.equal(host.txt2img(guided, clip, seed=3), once)  # no momentum carried over
+    # A node downstream clones the model again (deep-copying its options): same patch, same image.
+    assert torch.equal(host.txt2img(guided.clone(), clip, seed=4, sampler="dpmpp_2m"), other)
+    assert not any(key.startswith(WRAPPER_KEY) for key in guided.model_options)
+
+
+def test_an_interrupt_mid_run_leaves_the_next_run_clean():
+    model, clip = host.checkpoint("sd1")
+    guided = sega(model, clip, "smiling", momentum_scale=0.5)
+    reference = host.txt2img(guided, clip)
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupt_at_step_3(executor, guider, sigmas, extra_args, callback, *rest):
+        def stopping(step, *args):
+            if step == 3:
+                raise Interrupted  # as ComfyUI's progress bar raises on /interrupt
+            return callback(step, *args)
+        return executor(guider, sigmas, extra_args, stopping, *rest)
+
+    stopped = guided.clone()
+    import comfy.patcher_extension as pe
+    pe.add_wrapper_with_key(pe.WrappersMP.SAMPLER_SAMPLE, "interrupt", interrupt_at_step_3, stopped.model_options,
+                            is_model_options=True)
+    with pytest.raises(Interrupted):
+        host.txt2img(stopped, clip)
+    assert torch.equal(host.txt2img(guided, clip), reference)
+
+
+# ---- the term --------------------------------------------------------------------------------
+
+class Spy:
+    """A CALC_COND_BATCH wrapper inside SEGA's (it sees the lists SEGA appended and their
+    outputs) and a post-CFG function after SEGA's (it sees SEGA's result)."""
+
+    def __init__(self, model):
+        import comfy.patcher_extension as pe
+
+        self.model = model.clone()
+        self.calls, self.results = [], []
+        pe.add_wrapper_with_key(pe.WrappersMP.CALC_COND_BATCH, "spy", self.batch, self.model.model_options,
+                                is_model_options=True)
+        self.model.set_model_sampler_post_cfg_function(self.post_cfg)
+
+    def batch(self, executor, model, conds, x, timestep, options):
+        out = executor(model, conds, x, timestep, options)
+        if len(conds) >= 2:
+            self.calls.append(dict(conds=conds, out=[o.clone() for o in out], x=x.clone(), sigma=timestep.clone()))
+        return out
+
+    def post_cfg(self, args):
+        self.results.append(args["denoised"].clone())
+        return args["denoised"]
+
+
+@pytest.mark.parametrize("kind, sampler", [("sd1", "euler"), ("v", "heun"), ("sdxl", "dpmpp_2m"), ("flux", "euler")])
+def test_the_term_is_the_engines_on_the_batched_calls_outputs_in_float64(kind, sampler):
+    model, clip = host.checkpoint(kind)
+    text = "smiling\n-glasses :: scale=3 threshold=0.9"
+    spy = Spy(sega(model, clip, text, warmup="2", momentum_scale=0.4))
+    cfg = 1.0 if kind == "flux" else 6.0
+    host.txt2img(spy.model, clip, sampler=sampler, cfg=cfg, steps=5)
+    args = SegaArgs.from_named({"enabled": True, "concepts": text, "warmup": "2", "momentum_scale": 0.4})
+    steps = {"euler": list(range(5)), "dpmpp_2m": list(range(5)), "heun": [0, 0, 1, 1, 2, 2, 3, 3, 4]}[sampler]
+    assert len(spy.calls) == len(steps) == len(spy.results)
+    reference = args.guidance(5)
+    space = spaces.FLOW if kind == "flux" else spaces.DENOISED
+    for call, result, step in zip(spy.calls, spy.results, steps, strict=True):
+        out = [o.double() for o in call["out"]]
+        x, sigma = call["x"].double(), call["sigma"].double()
+        active = reference.rows_needed(step)
+        if kind == "flux":  # CFG 1: SEGA's own negative rides behind the concepts
+            assert len(out) == 2 + len(active) + 1 and call["conds"][1] is None
+            cond, uncond, concepts = out[0], out[-1], out[2:-1]
+            guided = cond
+        else:
+            assert len(out) == 2 + len(active)
+            cond, uncond, concepts = out[0], out[1], out[2:]
+            guided = uncond + cfg * (cond - uncond)
+        eps_u, eps_c = spaces.noise_estimates(space, x, sigma, uncond, torch.stack(concepts) if concepts else None)
+        term = reference.step(step, eps_u, eps_c)
+        expected = spaces.add_term(space, guided, term, sigma)
+        assert torch.allclose(result.double(), expected, atol=2e-5, rtol=1e-4), (step, (result.double() - expected).abs().max())
+
+
+def test_warmup_counts_the_samplers_steps_for_a_second_order_sampler():
+    model, clip = host.checkpoint("sd1")
+    guided = sega(model, clip, "smiling", warmup="3", momentum_scale=0.0)
+    host.calls(model).clear()
+    host.txt2img(guided, clip, sampler="heun", steps=6)
+    # Heun: two calls a step, one in the last; the concept joins from step 3 on.
+    assert host.calls(model) == [2] * 6 + [3] * 5
+
+
+# ---- CFG 1, Flux, BasicGuider --------------------------------------------------------------------
+
+def test_flux_at_cfg_1_sega_evaluates_the_negative_with_the_positives_guidance():
+    model, clip = host.checkpoint("flux")
+    positive = host.flux_positive(clip, "a cat", guidance=2.0)
+    spy = Spy(sega(model, clip, "smiling"))
+    with torch.no_grad():
+        import nodes
+
+        nodes.KSampler().sample(spy.model, 1, 4, 1.0, "euler", "normal", positive, host.encode(clip, ""),
+                                host.latent(), 1.0)
+    for call in spy.calls:
+        negative = call["conds"][-1][0]
+        assert call["conds"][1] is None  # ComfyUI's own call stays the positive's alone
+        assert float(negative["model_conds"]["guidance"].cond) == 2.0
+        assert float(call["conds"][2][0]["model_conds"]["guidance"].cond) == 2.0  # the concept's too
+    plain = host.txt2img(model, clip, cfg=1.0)
+    assert (host.txt2img(sega(model, clip, "smiling"), clip, cfg=1.0) - plain).abs().max() > 1e-3
+
+
+def test_basic_guider_has_no_negative_and_sega_steers_against_the_nodes_own():
+    from comfy_extras.nodes_custom_sampler import Guider_Basic
+
+    model, clip = host.checkpoint("flux")
+    positive = host.flux_positive(clip, "a cat", guidance=3.0)
+
+    def run(m):
+        guider = Guider_Basic(m)
+        guider.set_conds(positive)
+        return host.custom(guider, steps=4)
+
+    plain = run(model)
+    own_negative = run(sega(model, clip, "smiling", negative=host.encode(clip, "blurry")))
+    empty_negative = run(sega(model, clip, "smiling"))
+    assert (own_negative - plain).abs().max() > 1e-3 and (empty_negative - own_negative).abs().max() > 1e-4
+    assert torch.equal(run(sega(model, clip, "smiling")), empty_negative)
+
+
+def test_concepts_given_as_conditioning_act_as_the_same_text_would():
+    model, clip = host.checkpoint("sd1")
+    chained = sega_nodes.SegaConceptNode().add(host.encode(clip, "smiling"), "away", "scale=3")[0]
+    as_text = host.txt2img(sega(model, clip, "-smiling :: scale=3"), clip)
+    as_conditioning = host.txt2img(sega(model, clip, "", extra=chained), clip)
+    assert torch.equal(as_conditioning, as_text)
+
+
+# ---- beside other patches ------------------------------------------------------------------------
+
+def test_another_pack_replacing_the_batched_call_leaves_the_hosts_image_and_says_why(caplog):
+    model, clip = host.checkpoint("sd1")
+
+    def own_batch(args):  # as SkipLayerGuidanceDiTSimple: the step's lists go in calls of their own
+        import comfy.samplers
+
+        cond, uncond = args["conds"]
+        x, sigma, m, opts = args["input"], args["sigma"], args["model"], args["model_options"]
+        return [comfy.samplers.calc_cond_batch(m, [cond], x, sigma, opts)[0],
+                comfy.samplers.calc_cond_batch(m, [uncond], x, sigma, opts)[0]]
+
+    other = model.clone()
+    other.set_model_sampler_calc_cond_batch_function(own_batch)
+    plain = host.txt2img(other, clip)
+    with caplog.at_level(logging.WARNING, logger="sd-webui-sega"):
+        beside = host.txt2img(sega(other, clip, "smiling"), clip)
+    assert torch.equal(beside, plain)
+    assert any("SEGA did not act in this run" in r.getMessage() for r in caplog.records)
+
+
+def test_a_patch_deep_copied_by_a_later_clone_stays_the_same_object():
+    model, clip = host.checkpoint("sd1")
+    guided = sega(model, clip, "smiling")
+    copied = copy.deepcopy(guided.model_options)
+    assert copied["sampler_post_cfg_function"][-1].__self__ is guided.model_options["sampler_post_cfg_function"][-1].__self__
