@@ -37,7 +37,7 @@ import sys
 
 import torch
 
-from sega_webui.attention import MaskError, token_positions
+from sega.attention import MaskError, token_positions
 
 HOOK_MARK = "_sega_joint_attention"
 QUERY_CHUNK_ELEMENTS = 1 << 24  # scores held at once per chunk: 64 MiB of float32
