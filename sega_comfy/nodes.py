@@ -17,8 +17,8 @@ CATEGORY = "sampling/SEGA"
 CONCEPTS_TYPE = "SEGA_CONCEPTS"
 NUMBERS = ("scale", "threshold", "weight", "momentum_scale", "momentum_beta")
 STEPS = ("warmup", "cooldown")
-NO_MASKS = ("implicit masks (mask=attention / intersect) are not available in ComfyUI yet; "
-            "use mask=threshold (the default)")
+NO_MASKS = ("a concept given as conditioning has no words whose attention an implicit mask could read "
+            "(mask=attention / intersect); use mask=threshold, or give the concept as text")
 
 
 def _number(name: str) -> tuple:
@@ -36,7 +36,7 @@ def settings(concepts: str = "", **values) -> SegaArgs:
     """The node's widget values as SEGA's args; SegaInputError names the input and, for the
     concepts, the line."""
     named = {"enabled": True, "concepts": concepts or ""}
-    named.update({k: v for k, v in values.items() if k in NUMBERS + STEPS and v is not None})
+    named.update({k: v for k, v in values.items() if k in (*NUMBERS, *STEPS, "mask") and v is not None})
     if named.get("cooldown") == "":
         named["cooldown"] = None
     args = SegaArgs.from_named(named)
@@ -49,8 +49,6 @@ def _check_concept(args: SegaArgs, concept: Concept, name: str) -> None:
     if concept.networks:
         raise SegaInputError(name, f"{', '.join(concept.networks)} is WebUI syntax; in ComfyUI load LoRAs with "
                              "a LoRA loader node before the SEGA node")
-    if args.effective(concept)["mask"] != "threshold":
-        raise SegaInputError(name, NO_MASKS)
 
 
 def _message(e: SegaInputError) -> str:
@@ -81,6 +79,8 @@ class SegaGuidanceNode:
                 **{name: _number(name) for name in NUMBERS[:3]},
                 **{name: _steps(name) for name in STEPS},
                 **{name: _number(name) for name in NUMBERS[3:]},
+                "mask": (list(BY_NAME["mask"].choices), {"default": BY_NAME["mask"].default,
+                                                         "tooltip": BY_NAME["mask"].help}),
             },
             "optional": {
                 "negative": ("CONDITIONING", {
@@ -102,24 +102,35 @@ class SegaGuidanceNode:
         return True
 
     def apply(self, model, clip, concepts, scale, threshold, warmup, cooldown, weight, momentum_scale,
-              momentum_beta, negative=None, concept_conditionings=None):
+              momentum_beta, mask="threshold", negative=None, concept_conditionings=None):
         args = settings(concepts, scale=scale, threshold=threshold, weight=weight, warmup=warmup,
-                        cooldown=cooldown, momentum_scale=momentum_scale, momentum_beta=momentum_beta)
+                        cooldown=cooldown, momentum_scale=momentum_scale, momentum_beta=momentum_beta, mask=mask)
         extra = list(concept_conditionings or ())
         args = args.with_values(concepts=args.concepts + tuple(c for c, _ in extra))
         args.check_order()
+        for i, (made, _) in enumerate(extra, start=len(args.concepts) - len(extra) + 1):
+            if args.effective(made)["mask"] != "threshold":
+                raise SegaInputError(f"concepts[{i}]", NO_MASKS)
         if not _acts(args):
             return (model,)  # nothing to steer: the model as it came, bit for bit
-        conds = [_encode(clip, c.text) for c in args.concepts[: len(args.concepts) - len(extra)]]
-        conds += [cond for _, cond in extra]
+        texts = [c.text for c in args.concepts[: len(args.concepts) - len(extra)]]
+        encoded = [_encode(clip, text) for text in texts]
+        conds = [cond for cond, _ in encoded] + [cond for _, cond in extra]
+        columns = [cols for _, cols in encoded] + [None] * len(extra)
         if negative is None:
-            negative = _encode(clip, "")
-        return (SegaPatch(args, conds, negative).install(model),)
+            negative = _encode(clip, "")[0]
+        return (SegaPatch(args, conds, negative, columns).install(model),)
 
 
 def _encode(clip, text: str):
-    # ComfyUI's own prompt language: (word:1.2) weights, embedding:name.
-    return clip.encode_from_tokens_scheduled(clip.tokenize(text))
+    """(CONDITIONING, the text's own token columns in it). ComfyUI's own prompt language
+    applies: (word:1.2) weights, embedding:name."""
+    tokens = clip.tokenize(text, return_word_ids=True)
+    chunks = next(iter(tokens.values()))  # every encoder of a CLIP cuts the text alike
+    columns = [c * len(chunk) + j for c, chunk in enumerate(chunks) for j, token in enumerate(chunk)
+               if len(token) > 2 and token[2] != 0]
+    stripped = {key: [[token[:2] for token in chunk] for chunk in value] for key, value in tokens.items()}
+    return clip.encode_from_tokens_scheduled(stripped), columns
 
 
 class SegaConceptNode:

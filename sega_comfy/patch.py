@@ -24,12 +24,18 @@ from __future__ import annotations
 
 import logging
 
+import torch
+
 from sega import cond_lists, spaces
 from sega.args import SegaArgs
+from sega.attention import MaskError, PatchedAttention, early_rows
+from sega.masks import attention_grid
 from sega.sigma_clock import SigmaClock
 
 LOG = logging.getLogger("sd-webui-sega")
 WRAPPER_KEY = "sd-webui-sega"
+NO_CROSS_ATTENTION = ("implicit masks need the model's cross-attention layers (SD 1.x, SD 2.x, SDXL UNets), and "
+                      "this model has none SEGA can read in ComfyUI; use mask=threshold")
 GUIDERS = ("a guider that batches the prompt first (CFGGuider, BasicGuider, KSampler): "
            "this one calls the model in its own order")
 
@@ -51,7 +57,7 @@ class Run:
         self.negative = conds.get("negative")
         self.space = cond_lists.output_space(guider.inner_model.model_sampling)
         self.stopped = None  # why SEGA stopped in this run, once it did
-        self.seen = None  # (step, active, concept outputs, negative output) of the step's call
+        self.seen = None  # (step, active, concept outputs, negative output, masks armed) of the step's call
         self.acted = False
         self.calls = 0  # the step's calls SEGA joined
         if not self.positive:
@@ -59,6 +65,13 @@ class Run:
             return
         encode = _Encoder(guider, noise, latent_image, denoise_mask, seed, self.positive[0])
         self.concepts = [encode(c) for c in patch.concepts]
+        self.masks = None
+        if patch.args.uses_masks:
+            self.masks = PatchedAttention(guider.inner_model.diffusion_model)
+            if not self.masks.by_block:
+                self.stop(NO_CROSS_ATTENTION)
+        sigmas_table = getattr(guider.inner_model.model_sampling, "sigmas", None)
+        self.alphas_cumprod = None if sigmas_table is None else 1.0 / (1.0 + sigmas_table.float() ** 2)
         self.own_negative = encode(patch.negative) if patch.negative is not None else None
         if self.negative is not None:
             # At CFG 1 SEGA evaluates the sampler's negative itself; Flux's distilled
@@ -87,28 +100,52 @@ class Run:
                 return executor(model, conds, x, timestep, options)
             lists.append(self.own_negative)
         if not lists:
-            self.seen = (step, active, None, None)
+            self.seen = (step, active, None, None, False)
             return executor(model, conds, x, timestep, options)
+        watched = options
+        masked = bool(active) and self.guidance.needs_attention(step)
+        if masked:
+            self.masks.arm_lists(len(conds), len(active) * x.shape[0], self.masks.grid(*x.shape[-2:]),
+                                 self._columns(active, x.shape[0], lists[0][0], x.device))
+            watched = self.masks.options(options)
         out, extra = cond_lists.call_with_lists(
-            executor, model, conds, x, timestep, options, lists, options,
+            executor, model, conds, x, timestep, watched, lists, options,
             lambda e: self.stop(f"the model call with its rows failed ({type(e).__name__}: {e})"))
         if extra is not None:
             concepts = extra[: len(active)] if active else None
-            self.seen = (step, active, concepts, extra[-1] if own_uncond else None)
+            self.seen = (step, active, concepts, extra[-1] if own_uncond else None, masked)
+        elif masked:
+            self.masks.disarm()
         return out
+
+    def _columns(self, active, batch: int, concept: dict, device) -> torch.Tensor:
+        """[K·B, L]: 1 at each acting concept's own token columns in its context."""
+        length = concept["model_conds"]["c_crossattn"].cond.shape[1]
+        out = torch.zeros((len(active), length))
+        for row, i in enumerate(active):
+            out[row, [c for c in self.patch.columns[i] or () if c < length]] = 1.0
+        return out.repeat_interleave(batch, dim=0).to(device)
 
     def term(self, args):
         seen, self.seen = self.seen, None
         denoised = args["denoised"]
         if seen is None or self.stopped:
             return denoised
-        step, active, concepts, own_uncond = seen
+        step, active, concepts, own_uncond, masked = seen
         uncond = own_uncond if own_uncond is not None else args["uncond_denoised"]
         x, sigma = args["input"], args["sigma"]
         try:
+            maps = early = None
+            if masked:
+                grid = attention_grid(*x.shape[-2:])
+                maps = self.masks.collect(grid).view(len(active), x.shape[0], *grid)
+                early = early_rows(sigma, False, self.alphas_cumprod, flow=self.space == spaces.FLOW)
             eps_u, eps_c = spaces.noise_estimates(self.space, x, sigma, uncond, concepts)
-            term = self.guidance.step(step, eps_u, eps_c)
+            term = self.guidance.step(step, eps_u, eps_c, attention=maps, early=early)
             out = spaces.add_term(self.space, denoised, term.to(denoised.dtype), sigma)
+        except MaskError as e:  # a model whose attention the masks cannot read: the reason says why
+            self.stop(str(e))
+            return denoised
         except Exception as e:  # ComfyUI would stop the graph: SEGA stops, the image is made
             self.stop(f"an error while adding its term ({type(e).__name__}: {e})")
             return denoised
@@ -147,10 +184,12 @@ def _with_guidance(cond: dict, positive: dict) -> dict:
 class SegaPatch:
     """The functions on one SEGA node's model; `concepts`: one CONDITIONING per concept, in
     the order of `args.concepts`; `negative`: the CONDITIONING SEGA steers against where the
-    sampler evaluates none (CFG 1, BasicGuider)."""
+    sampler evaluates none (CFG 1, BasicGuider); `columns`: each concept's token columns in
+    its context (for the masks; None for a concept given as conditioning)."""
 
-    def __init__(self, args: SegaArgs, concepts: list, negative=None):
+    def __init__(self, args: SegaArgs, concepts: list, negative=None, columns=None):
         self.args, self.concepts, self.negative = args, list(concepts), negative
+        self.columns = list(columns) if columns is not None else [None] * len(self.concepts)
         self.key = f"{WRAPPER_KEY}:{id(self)}"
 
     def __deepcopy__(self, memo):

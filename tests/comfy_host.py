@@ -30,10 +30,14 @@ _MODELS: dict = {}
 
 
 def checkpoint(kind: str = "sd1"):
-    """(MODEL, CLIP) of a tiny checkpoint: "sd1", "sdxl", "v" (v-prediction) or "flux" (a flow
-    model with a distilled guidance input, ModelSamplingFlux)."""
+    """(MODEL, CLIP) of a tiny checkpoint: "sd1", "sdxl", "v" (v-prediction), "quarter" (SD 1.x
+    with cross-attention on the latent/4 grid, where the implicit masks read) or "flux" (a
+    flow model with a distilled guidance input, ModelSamplingFlux)."""
     if kind not in _MODELS:
-        ldm = tiny_models.TinyLDM("sd1" if kind == "flux" else kind, seed=0)
+        if kind == "quarter":
+            ldm = tiny_models.TinyLDM("sd1", seed=0, unet_model=tiny_models.quarter_unet(seed=2))
+        else:
+            ldm = tiny_models.TinyLDM("sd1" if kind == "flux" else kind, seed=0)
         if kind == "flux":
             base = comfy.model_base.Flux(tiny_models.TinyFlow(seed=3), comfy.model_sampling.model_sampling(prediction="flux"))
         else:
@@ -45,6 +49,11 @@ def checkpoint(kind: str = "sd1"):
 
 def encode(clip, text: str):
     return nodes.CLIPTextEncode().encode(clip, text)[0]
+
+
+def clip_columns(clip, text: str) -> list[int]:
+    """The text's own token columns, as the tokenizer's word ids mark them."""
+    return [j for j, token in enumerate(clip.tokenize(text, return_word_ids=True)["l"][0]) if token[2] != 0]
 
 
 def latent(size: int = 64, batch: int = 1) -> dict:

@@ -76,7 +76,7 @@ def test_a_foreign_sega_package_is_one_clear_log_line_and_no_nodes():
 def test_the_node_inputs_come_from_the_settings_table():
     inputs = sega_nodes.SegaGuidanceNode.INPUT_TYPES()
     assert list(inputs["required"]) == ["model", "clip", "concepts", "scale", "threshold", "weight", "warmup",
-                                        "cooldown", "momentum_scale", "momentum_beta"]
+                                        "cooldown", "momentum_scale", "momentum_beta", "mask"]
     assert inputs["required"]["threshold"][1]["max"] == 1.0 and inputs["required"]["warmup"][1]["default"] == "20%"
     assert set(inputs["optional"]) == {"negative", "concept_conditionings"}
 
@@ -88,7 +88,7 @@ def test_the_node_inputs_come_from_the_settings_table():
     ("smile :: threshold=7", "concepts: line 1 (smile :: threshold=7): threshold must be between 0 and 1, got 7"),
     ("-", "concepts: line 1 (-): the concept text is empty"),
     ("\n".join(f"c{i}" for i in range(200)), "too many concepts: the limit is"),
-    ("smile :: mask=attention", "concepts[1]: implicit masks (mask=attention / intersect) are not available"),
+    ("smile :: mask=everywhere", "concepts: line 1 (smile :: mask=everywhere): mask must be one of"),
     ("smile <lora:x:1>", "concepts[1]: <lora:x:1> is WebUI syntax"),
 ])
 def test_a_mistake_in_the_concepts_is_a_validation_error_naming_the_input_and_line(concepts, message):
@@ -303,3 +303,61 @@ def test_a_patch_deep_copied_by_a_later_clone_stays_the_same_object():
     guided = sega(model, clip, "smiling")
     copied = copy.deepcopy(guided.model_options)
     assert copied["sampler_post_cfg_function"][-1].__self__ is guided.model_options["sampler_post_cfg_function"][-1].__self__
+
+
+# ---- implicit masks --------------------------------------------------------------------------
+
+def test_the_masks_read_the_concepts_rows_of_the_batched_call_as_a_call_of_their_own(monkeypatch):
+    """The attn2 patch finds the concept rows by their list in ComfyUI's batched call; the
+    maps equal the forward-hook reading of a call of the concept rows alone."""
+    from sega.attention import ConceptAttention
+    from sega.guidance import SegaGuidance
+    from sega.masks import attention_grid
+
+    model, clip = host.checkpoint("quarter")
+    maps = []
+    real_step = SegaGuidance.step
+
+    def spy_step(self, step, eps_u, eps_c, region=None, attention=None, early=None):
+        maps.append(attention)
+        return real_step(self, step, eps_u, eps_c, region, attention, early)
+
+    monkeypatch.setattr(SegaGuidance, "step", spy_step)
+    spy = Spy(sega(model, clip, "smiling\ncurly hair :: mask=threshold", mask="attention", warmup="1"))
+    host.txt2img(spy.model, clip, batch=2, size=64, steps=4)
+    assert len(maps) == 4 and all(m is not None for m in maps)  # momentum reads the concepts in warm-up too
+    smiling = host.clip_columns(clip, "smiling")
+    for call, seen in zip(spy.calls, maps, strict=True):
+        concepts = [lists[0]["model_conds"]["c_crossattn"].cond for lists in call["conds"][2:]]
+        x, sigma = call["x"], call["sigma"]
+        grid = attention_grid(*x.shape[-2:])
+        rows = torch.zeros((4, concepts[0].shape[1]))
+        rows[:2, smiling] = 1.0
+        reference = ConceptAttention(model.model.diffusion_model)
+        reference.arm(0, 4, grid, rows)
+        try:
+            with torch.no_grad():
+                model.model.apply_model(x.repeat(2, 1, 1, 1), sigma.repeat(2),
+                                        c_crossattn=torch.cat([c.expand(2, -1, -1) for c in concepts]))
+            expected = reference.collect(grid)
+        finally:
+            reference.remove()
+        assert seen.shape == (2, 2, *grid)
+        assert torch.allclose(seen[0], expected[:2], atol=1e-6)  # the masked concept's rows
+
+
+def test_masks_on_a_model_without_cross_attention_are_off_with_the_reason(caplog):
+    model, clip = host.checkpoint("flux")
+    plain = host.txt2img(model, clip, cfg=1.0)
+    with caplog.at_level(logging.WARNING, logger="sd-webui-sega"):
+        masked = host.txt2img(sega(model, clip, "smiling", mask="intersect"), clip, cfg=1.0)
+    assert torch.equal(masked, plain)
+    assert any("implicit masks need the model's cross-attention layers" in r.getMessage() for r in caplog.records)
+
+
+def test_a_concept_given_as_conditioning_cannot_take_a_mask():
+    model, clip = host.checkpoint("sd1")
+    assert "no words whose attention" in sega_nodes.SegaConceptNode.VALIDATE_INPUTS(settings="mask=attention")
+    chained = sega_nodes.SegaConceptNode().add(host.encode(clip, "smiling"), "toward", "")[0]
+    with pytest.raises(sega_nodes.SegaInputError, match=r"concepts\[2\]: a concept given as conditioning"):
+        sega(model, clip, "glasses", extra=chained, mask="attention")
