@@ -11,6 +11,7 @@ from sega.concepts import Concept, parse_overrides
 from sega.errors import SegaInputError
 from sega.fields import BY_NAME
 
+from .maps import SegaMapsNode
 from .patch import SegaPatch
 
 CATEGORY = "sampling/SEGA"
@@ -119,7 +120,8 @@ class SegaGuidanceNode:
         columns = [cols for _, cols in encoded] + [None] * len(extra)
         if negative is None:
             negative = _encode(clip, "")[0]
-        return (SegaPatch(args, conds, negative, columns).install(model),)
+        # Tracking where concepts act changes no image (sega/maps.py); the maps node reads it.
+        return (SegaPatch(args.with_values(show_maps=True), conds, negative, columns).install(model),)
 
 
 def _encode(clip, text: str):
@@ -179,5 +181,6 @@ def concept(settings: str, direction: str, number: int = 1) -> Concept:
     return made
 
 
-NODE_CLASS_MAPPINGS = {"SEGA": SegaGuidanceNode, "SEGAConcept": SegaConceptNode}
-NODE_DISPLAY_NAME_MAPPINGS = {"SEGA": "SEGA (semantic guidance)", "SEGAConcept": "SEGA concept (conditioning)"}
+NODE_CLASS_MAPPINGS = {"SEGA": SegaGuidanceNode, "SEGAConcept": SegaConceptNode, "SEGAMaps": SegaMapsNode}
+NODE_DISPLAY_NAME_MAPPINGS = {"SEGA": "SEGA (semantic guidance)", "SEGAConcept": "SEGA concept (conditioning)",
+                              "SEGAMaps": "SEGA guidance maps"}

@@ -23,6 +23,7 @@ ComfyUI's own result stays exactly the positive's prediction.
 from __future__ import annotations
 
 import logging
+from collections import deque
 
 import torch
 
@@ -191,6 +192,9 @@ class SegaPatch:
         self.args, self.concepts, self.negative = args, list(concepts), negative
         self.columns = list(columns) if columns is not None else [None] * len(self.concepts)
         self.key = f"{WRAPPER_KEY}:{id(self)}"
+        # The last runs' results and where each concept acted, for the SEGA Maps node (which
+        # finds its run by the samples it is given: a cached sampler keeps its run here).
+        self.runs: deque = deque(maxlen=8)
 
     def __deepcopy__(self, memo):
         # Every clone of a ModelPatcher deep-copies its model_options and with them the
@@ -232,11 +236,32 @@ class SegaPatch:
                 return callback(step, denoised, x, total)
 
         try:
-            return executor(guider, sigmas, extra_args, counted, noise, latent_image, denoise_mask, disable_pbar)
+            samples = executor(guider, sigmas, extra_args, counted, noise, latent_image, denoise_mask, disable_pbar)
+            self._keep(run, guider, samples)
+            return samples
         finally:
             options.pop(self.key, None)
             if not run.calls and not run.stopped:
                 LOG.warning("SEGA did not act in this run: it needs %s", GUIDERS)
+
+    def _keep(self, run: Run, guider, samples) -> None:
+        maps = run.guidance.maps
+        if maps is None:
+            return
+        # The LATENT the sampler node hands on (CFGGuider.inner_sample's process_latent_out).
+        out = guider.inner_model.process_latent_out(samples.to(torch.float32)).cpu()
+        result, mask = maps.result(), maps.mask_result()
+        self.runs.append((out, None if result is None else result.float().cpu(),
+                          None if mask is None else mask.float().cpu()))
+
+    def maps_for(self, samples: torch.Tensor):
+        """(maps [N, B, h, w] or None, masks or None) of the run that made `samples`; KeyError
+        when no kept run did."""
+        samples = samples.to(torch.float32).cpu()
+        for out, maps, mask in reversed(self.runs):
+            if out.shape == samples.shape and torch.equal(out, samples):
+                return maps, mask
+        raise KeyError("no sampling run of this SEGA model made these samples")
 
     def calc_cond_batch(self, executor, model, conds, x_in, timestep, model_options):
         run = self._run(model_options)

@@ -59,7 +59,8 @@ def _load_as_comfy(prelude: str = "") -> str:
 
 def test_comfyui_loads_the_folder_as_a_node_pack_without_the_webui():
     out = _load_as_comfy()
-    assert "NODES ['SEGA', 'SEGAConcept'] ['SEGA (semantic guidance)', 'SEGA concept (conditioning)']" in out
+    assert ("NODES ['SEGA', 'SEGAConcept', 'SEGAMaps'] ['SEGA (semantic guidance)', 'SEGA concept (conditioning)', "
+            "'SEGA guidance maps']") in out
     assert f"SEGA_FROM {webui.ROOT / 'sega' / '__init__.py'}" in out
     assert "WEBUI []" in out  # nothing of the WebUI side is imported
 
@@ -361,3 +362,27 @@ def test_a_concept_given_as_conditioning_cannot_take_a_mask():
     chained = sega_nodes.SegaConceptNode().add(host.encode(clip, "smiling"), "toward", "")[0]
     with pytest.raises(sega_nodes.SegaInputError, match=r"concepts\[2\]: a concept given as conditioning"):
         sega(model, clip, "glasses", extra=chained, mask="attention")
+
+
+# ---- guidance maps ---------------------------------------------------------------------------------
+
+def test_the_maps_node_draws_where_each_concept_acted_for_the_run_that_made_the_samples():
+    from sega_comfy.maps import SegaMapsNode, patch_of
+
+    model, clip = host.checkpoint("sd1")
+    guided = sega(model, clip, "smiling\n-glasses :: cooldown=1", warmup="0")
+    first = host.txt2img(guided, clip, batch=2, seed=1)
+    second = host.txt2img(guided, clip, batch=2, seed=2)
+    images = torch.rand(2, 64, 64, 3)
+    pictures = SegaMapsNode().draw(guided, {"samples": first}, images)[0]
+    assert pictures.shape[0] == 2 * 3 and pictures.shape[-1] == 3  # per image: 2 concepts + all together
+    assert 0.0 <= float(pictures.min()) and float(pictures.max()) <= 1.0
+    maps_first, _ = patch_of(guided).maps_for(first)
+    maps_second, _ = patch_of(guided).maps_for(second)
+    assert maps_first.shape == (2, 2, 8, 8) and not torch.equal(maps_first, maps_second)
+    # "glasses" cools down after step 0 of 6: it acted far less than "smiling".
+    assert float(maps_first[1].sum()) < 0.5 * float(maps_first[0].sum())
+    with pytest.raises(ValueError, match="no sampling run of this SEGA model made these samples"):
+        SegaMapsNode().draw(guided, {"samples": host.txt2img(model, clip, batch=2)}, images)
+    with pytest.raises(ValueError, match="has no SEGA node before it"):
+        SegaMapsNode().draw(model, {"samples": first}, images)
