@@ -386,3 +386,38 @@ def test_the_maps_node_draws_where_each_concept_acted_for_the_run_that_made_the_
         SegaMapsNode().draw(guided, {"samples": host.txt2img(model, clip, batch=2)}, images)
     with pytest.raises(ValueError, match="has no SEGA node before it"):
         SegaMapsNode().draw(model, {"samples": first}, images)
+
+
+# ---- example workflows ----------------------------------------------------------------------------
+
+def test_the_example_workflows_use_the_nodes_as_they_are():
+    """ComfyUI's template browser lists example_workflows/*.json (UI format): every SEGA node's
+    widget values fill its widget inputs in order and validate, every link joins an output
+    to an input of the same type."""
+    import json
+
+    workflows = sorted((webui.ROOT / "example_workflows").glob("*.json"))
+    assert {p.name for p in workflows} >= {"sega_sd15_txt2img.json", "sega_sdxl_txt2img.json", "sega_flux_txt2img.json"}
+    widget_types = ("FLOAT", "INT", "STRING", "BOOLEAN")
+    for path in workflows:
+        graph = json.loads(path.read_text())
+        by_id = {n["id"]: n for n in graph["nodes"]}
+        for link_id, src, src_slot, dst, dst_slot, kind in graph["links"]:
+            assert by_id[src]["outputs"][src_slot]["type"] == kind == by_id[dst]["inputs"][dst_slot]["type"], path
+            assert link_id in by_id[src]["outputs"][src_slot]["links"] and by_id[dst]["inputs"][dst_slot]["link"] == link_id
+        for node in graph["nodes"]:
+            cls = sega_nodes.NODE_CLASS_MAPPINGS.get(node["type"])
+            if cls is None:
+                continue
+            required = cls.INPUT_TYPES()["required"]
+            widgets = [name for name, spec in required.items()
+                       if isinstance(spec[0], list) or spec[0] in widget_types]
+            assert len(node["widgets_values"]) == len(widgets), (path.name, node["type"])
+            values = dict(zip(widgets, node["widgets_values"], strict=True))
+            if "mask" in values:
+                assert values["mask"] in required["mask"][0]
+            checked = {k: v for k, v in values.items() if k != "mask"}
+            if hasattr(cls, "VALIDATE_INPUTS"):
+                assert cls.VALIDATE_INPUTS(**checked) is True, (path.name, cls.VALIDATE_INPUTS(**checked))
+            inputs = {i["name"] for i in node["inputs"]}
+            assert inputs == set(cls.INPUT_TYPES()["required"]) - set(widgets) | set(cls.INPUT_TYPES().get("optional", {}))
