@@ -125,14 +125,17 @@ class SegaGuidanceNode:
 
 
 def _encode(clip, text: str):
-    """(CONDITIONING, the text's own token columns in it). ComfyUI's own prompt language
-    applies: (word:1.2) weights, embedding:name."""
+    """(CONDITIONING, where the text's own words are in each encoder's tokens: {encoder:
+    (token columns, token count)}). ComfyUI's own prompt language applies: (word:1.2)
+    weights, embedding:name."""
     tokens = clip.tokenize(text, return_word_ids=True)
-    chunks = next(iter(tokens.values()))  # every encoder of a CLIP cuts the text alike
-    columns = [c * len(chunk) + j for c, chunk in enumerate(chunks) for j, token in enumerate(chunk)
-               if len(token) > 2 and token[2] != 0]
+    words = {}
+    for key, chunks in tokens.items():
+        columns = [c * len(chunk) + j for c, chunk in enumerate(chunks) for j, token in enumerate(chunk)
+                   if len(token) > 2 and token[2] != 0]
+        words[key] = (columns, sum(len(chunk) for chunk in chunks))
     stripped = {key: [[token[:2] for token in chunk] for chunk in value] for key, value in tokens.items()}
-    return clip.encode_from_tokens_scheduled(stripped), columns
+    return clip.encode_from_tokens_scheduled(stripped), words
 
 
 class SegaConceptNode:

@@ -30,13 +30,14 @@ import torch
 from sega import cond_lists, spaces
 from sega.args import SegaArgs
 from sega.attention import MaskError, PatchedAttention, early_rows
-from sega.masks import attention_grid
+from sega.joint_attention import JointAttention
 from sega.sigma_clock import SigmaClock
 
 LOG = logging.getLogger("sd-webui-sega")
 WRAPPER_KEY = "sd-webui-sega"
-NO_CROSS_ATTENTION = ("implicit masks need the model's cross-attention layers (SD 1.x, SD 2.x, SDXL UNets), and "
-                      "this model has none SEGA can read in ComfyUI; use mask=threshold")
+NO_CROSS_ATTENTION = ("implicit masks need the model's cross-attention layers (SD 1.x, SD 2.x, SDXL UNets) or the "
+                      "joint-attention blocks of a Flux or SD3 transformer, and this model has neither; use "
+                      "mask=threshold")
 GUIDERS = ("a guider that batches the prompt first (CFGGuider, BasicGuider, KSampler): "
            "this one calls the model in its own order")
 
@@ -68,8 +69,8 @@ class Run:
         self.concepts = [encode(c) for c in patch.concepts]
         self.masks = None
         if patch.args.uses_masks:
-            self.masks = PatchedAttention(guider.inner_model.diffusion_model)
-            if not self.masks.by_block:
+            self.masks = _reader(guider.inner_model.diffusion_model)
+            if self.masks is None:
                 self.stop(NO_CROSS_ATTENTION)
         sigmas_table = getattr(guider.inner_model.model_sampling, "sigmas", None)
         self.alphas_cumprod = None if sigmas_table is None else 1.0 / (1.0 + sigmas_table.float() ** 2)
@@ -124,7 +125,7 @@ class Run:
         length = concept["model_conds"]["c_crossattn"].cond.shape[1]
         out = torch.zeros((len(active), length))
         for row, i in enumerate(active):
-            out[row, [c for c in self.patch.columns[i] or () if c < length]] = 1.0
+            out[row, [c for c in _context_columns(self.masks, self.patch.columns[i], length) if c < length]] = 1.0
         return out.repeat_interleave(batch, dim=0).to(device)
 
     def term(self, args):
@@ -138,7 +139,7 @@ class Run:
         try:
             maps = early = None
             if masked:
-                grid = attention_grid(*x.shape[-2:])
+                grid = self.masks.grid(*x.shape[-2:])
                 maps = self.masks.collect(grid).view(len(active), x.shape[0], *grid)
                 early = early_rows(sigma, False, self.alphas_cumprod, flow=self.space == spaces.FLOW)
             eps_u, eps_c = spaces.noise_estimates(self.space, x, sigma, uncond, concepts)
@@ -152,6 +153,34 @@ class Run:
             return denoised
         self.acted = True
         return out
+
+
+def _reader(diffusion_model):
+    """The masks' reader for a model: its cross-attention layers through the attn2 patch, or
+    a Flux / SD3 transformer's joint attention through hooks on its q/k norms; None if
+    neither can be read."""
+    patched = PatchedAttention(diffusion_model)
+    if patched.by_block:
+        return patched
+    joint = JointAttention(diffusion_model)
+    return joint if joint.blocks else None
+
+
+def _context_columns(reader, words: dict | None, length: int) -> list[int]:
+    """A concept's token columns in the context the attention sees, from its words in each
+    encoder's tokens (`nodes._encode`): a UNet's context is its CLIP's tokens (SDXL's two
+    encoders cut the text alike); Flux's is T5's; SD3's is CLIP-L/G's chunks, then T5's
+    tokens when T5 is loaded."""
+    if not words:
+        return []
+    first = words.get("l") or words.get("g") or next(iter(words.values()))
+    layout = getattr(getattr(reader, "layout", None), "name", "")
+    if layout == "flux":
+        return list((words.get("t5xxl") or first)[0])
+    if layout == "sd3" and "t5xxl" in words:
+        clip_columns, clip_length = first
+        return list(clip_columns) + ([clip_length + c for c in words["t5xxl"][0]] if length > clip_length else [])
+    return list(first[0])
 
 
 class _Encoder:
@@ -185,8 +214,8 @@ def _with_guidance(cond: dict, positive: dict) -> dict:
 class SegaPatch:
     """The functions on one SEGA node's model; `concepts`: one CONDITIONING per concept, in
     the order of `args.concepts`; `negative`: the CONDITIONING SEGA steers against where the
-    sampler evaluates none (CFG 1, BasicGuider); `columns`: each concept's token columns in
-    its context (for the masks; None for a concept given as conditioning)."""
+    sampler evaluates none (CFG 1, BasicGuider); `columns`: where each concept's words are in
+    each encoder's tokens (for the masks; None for a concept given as conditioning)."""
 
     def __init__(self, args: SegaArgs, concepts: list, negative=None, columns=None):
         self.args, self.concepts, self.negative = args, list(concepts), negative
@@ -241,6 +270,8 @@ class SegaPatch:
             return samples
         finally:
             options.pop(self.key, None)
+            if run.masks is not None:
+                run.masks.disarm()  # a run that stopped mid-step leaves no hook behind
             if not run.calls and not run.stopped:
                 LOG.warning("SEGA did not act in this run: it needs %s", GUIDERS)
 

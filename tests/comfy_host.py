@@ -31,15 +31,22 @@ _MODELS: dict = {}
 
 def checkpoint(kind: str = "sd1"):
     """(MODEL, CLIP) of a tiny checkpoint: "sd1", "sdxl", "v" (v-prediction), "quarter" (SD 1.x
-    with cross-attention on the latent/4 grid, where the implicit masks read) or "flux" (a
-    flow model with a distilled guidance input, ModelSamplingFlux)."""
+    with cross-attention on the latent/4 grid, where the implicit masks read), "flux" (a
+    flow model with a distilled guidance input, ModelSamplingFlux) or "flux-bfl" (the same
+    sampling over a tiny transformer in Black Forest Labs' layout, as ComfyUI's Flux)."""
     if kind not in _MODELS:
         if kind == "quarter":
             ldm = tiny_models.TinyLDM("sd1", seed=0, unet_model=tiny_models.quarter_unet(seed=2))
         else:
-            ldm = tiny_models.TinyLDM("sd1" if kind == "flux" else kind, seed=0)
+            ldm = tiny_models.TinyLDM("sd1" if kind.startswith("flux") else kind, seed=0)
         if kind == "flux":
             base = comfy.model_base.Flux(tiny_models.TinyFlow(seed=3), comfy.model_sampling.model_sampling(prediction="flux"))
+        elif kind == "flux-bfl":
+            from comfy.ldm.flux.model import Flux
+
+            torch.manual_seed(4)
+            network = Flux(in_channels=4, vec_in_dim=32, context_in_dim=32, depth=4, depth_single_blocks=1).eval()
+            base = comfy.model_base.Flux(network, comfy.model_sampling.model_sampling(prediction="flux"))
         else:
             cls = comfy.model_base.SDXL if kind == "sdxl" else comfy.model_base.BaseModel
             base = cls(UNetModel(ldm.unet), comfy.model_sampling.model_sampling(ldm.alphas_cumprod, "v" if kind == "v" else "eps"))

@@ -421,3 +421,41 @@ def test_the_example_workflows_use_the_nodes_as_they_are():
                 assert cls.VALIDATE_INPUTS(**checked) is True, (path.name, cls.VALIDATE_INPUTS(**checked))
             inputs = {i["name"] for i in node["inputs"]}
             assert inputs == set(cls.INPUT_TYPES()["required"]) - set(widgets) | set(cls.INPUT_TYPES().get("optional", {}))
+
+
+def test_flux_masks_read_the_joint_attention_of_the_concepts_rows_in_the_batched_call(monkeypatch):
+    """A transformer in Black Forest Labs' layout (ComfyUI's Flux): the concept rows' image →
+    word attention read from ComfyUI's batched call at CFG 1 (with SEGA's own negative in it)
+    equals the same reading of a call of the concept rows alone."""
+    from sega.guidance import SegaGuidance
+    from sega.joint_attention import JointAttention, patch_grid
+
+    model, clip = host.checkpoint("flux-bfl")
+    maps = []
+    real_step = SegaGuidance.step
+
+    def spy_step(self, step, eps_u, eps_c, region=None, attention=None, early=None):
+        maps.append(attention)
+        return real_step(self, step, eps_u, eps_c, region, attention, early)
+
+    monkeypatch.setattr(SegaGuidance, "step", spy_step)
+    spy = Spy(sega(model, clip, "smiling", mask="attention", warmup="0", momentum_scale=0.0))
+    plain = host.txt2img(model, clip, cfg=1.0, steps=3, size=32)
+    guided = host.txt2img(spy.model, clip, cfg=1.0, steps=3, size=32)
+    assert (guided - plain).abs().max() > 1e-4
+    smiling = host.clip_columns(clip, "smiling")
+    for call, seen in zip(spy.calls, maps, strict=True):
+        assert len(call["conds"]) == 4 and call["conds"][1] is None  # [positive, None, concept, SEGA's negative]
+        lists = call["conds"][2][0]["model_conds"]
+        x, sigma = call["x"], call["sigma"]
+        grid = patch_grid(*x.shape[-2:])
+        rows = torch.zeros((1, lists["c_crossattn"].cond.shape[1]))
+        rows[0, smiling] = 1.0
+        reference = JointAttention(model.model.diffusion_model)
+        reference.arm(0, 1, grid, rows)
+        with torch.no_grad():
+            model.model.apply_model(x, sigma, c_crossattn=lists["c_crossattn"].cond, y=lists["y"].cond,
+                                    guidance=lists["guidance"].cond)
+        expected = reference.collect(grid)
+        assert seen.shape == (1, 1, *grid)
+        assert torch.allclose(seen[0], expected, atol=1e-6)

@@ -4,7 +4,7 @@ each call) plus what ComfyUI 0.8.0's classes add on it: `extra_conds` (the model
 dict becomes: `c_crossattn` CONDCrossAttn, `y` from `encode_adm`), `process_latent_in/out`
 (identity: the tiny VAE-less latents have scale 1). `SDXL.encode_adm`: the pooled output and
 the size, as the tiny SDXL's vector. `Flux.extra_conds`: `c_crossattn` CONDRegular and
-`guidance` (the dict's value, default 3.5; None → left out)."""
+`guidance` (the dict's value, default 3.5; None → left out) and `y` (the pooled output)."""
 
 import torch
 
@@ -49,6 +49,8 @@ class SDXL(BaseModel):
 class Flux(BaseModel):
     def extra_conds(self, **kwargs):
         out = {"c_crossattn": conds.CONDRegular(kwargs["cross_attn"])}
+        if kwargs.get("pooled_output") is not None:
+            out["y"] = conds.CONDRegular(kwargs["pooled_output"])
         guidance = kwargs.get("guidance", 3.5)
         if guidance is not None:
             out["guidance"] = conds.CONDRegular(torch.FloatTensor([guidance]))
