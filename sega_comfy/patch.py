@@ -60,14 +60,13 @@ class Run:
         self.space = cond_lists.output_space(guider.inner_model.model_sampling)
         self.stopped = None  # why SEGA stopped in this run, once it did
         self.seen = None  # (step, active, concept outputs, negative output, masks armed) of the step's call
-        self.acted = False
         self.calls = 0  # the step's calls SEGA joined
+        self.masks = self.own_negative = None
         if not self.positive:
             self.stop("the sampler has no positive conditioning to steer from")
             return
         encode = _Encoder(guider, noise, latent_image, denoise_mask, seed, self.positive[0])
         self.concepts = [encode(c) for c in patch.concepts]
-        self.masks = None
         if patch.args.uses_masks:
             self.masks = _reader(guider.inner_model.diffusion_model)
             if self.masks is None:
@@ -151,7 +150,6 @@ class Run:
         except Exception as e:  # ComfyUI would stop the graph: SEGA stops, the image is made
             self.stop(f"an error while adding its term ({type(e).__name__}: {e})")
             return denoised
-        self.acted = True
         return out
 
 

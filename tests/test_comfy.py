@@ -459,3 +459,24 @@ def test_flux_masks_read_the_joint_attention_of_the_concepts_rows_in_the_batched
         expected = reference.collect(grid)
         assert seen.shape == (1, 1, *grid)
         assert torch.allclose(seen[0], expected, atol=1e-6)
+
+
+def test_a_guider_without_a_positive_leaves_sega_off_with_the_reason(caplog):
+    import comfy.samplers
+
+    model, clip = host.checkpoint("sd1")
+
+    class NegativeOnly(comfy.samplers.CFGGuider):  # a guider whose conds SEGA cannot steer from
+        def set_conds(self, negative):
+            self.inner_set_conds({"negative": negative})
+
+    def run(m):
+        guider = NegativeOnly(m)
+        guider.set_conds(host.encode(clip, "blurry"))
+        guider.set_cfg(3.0)
+        return host.custom(guider, steps=3)
+
+    plain = run(model)
+    with caplog.at_level(logging.WARNING, logger="sd-webui-sega"):
+        assert torch.equal(run(sega(model, clip, "smiling", mask="attention")), plain)
+    assert any("no positive conditioning" in r.getMessage() for r in caplog.records)
