@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
 
 import host_harness  # noqa: E402
+import own_time  # noqa: E402
 import reforge  # noqa: E402
 from patcher_bench import PatcherBench, bound_table  # noqa: E402
 from run import CONCEPTS, TINY  # noqa: E402
@@ -47,40 +47,12 @@ class ReforgeBench(PatcherBench):
         with reforge.active():
             import sega_webui.reforge as path
 
-            real_wrap, real_post = path.ReforgePatch.calc_cond_batch, path.ReforgePatch.post_cfg
-            spent = {"ours": 0.0, "model": 0.0, "steps": 0}
-
-            def timed_wrap(self, executor, *args):
-                def timed_executor(*a):
-                    t = time.perf_counter()
-                    try:
-                        return executor(*a)
-                    finally:
-                        spent["model"] += time.perf_counter() - t
-
-                t = time.perf_counter()
-                try:
-                    return real_wrap(self, timed_executor, *args)
-                finally:
-                    spent["ours"] += time.perf_counter() - t
-
-            def timed_post(self, args):
-                t = time.perf_counter()
-                try:
-                    return real_post(self, args)
-                finally:
-                    spent["ours"] += time.perf_counter() - t
-                    spent["steps"] += 1
-
-            path.ReforgePatch.calc_cond_batch, path.ReforgePatch.post_cfg = timed_wrap, timed_post
-            try:
+            with own_time.timed(path.ReforgePatch) as spent:
                 values = host_harness.sega_values("\n".join(CONCEPTS[:n]), warmup="0")
                 self.generate(values)
                 spent.update(ours=0.0, model=0.0, steps=0)
                 self.generate(values)
-            finally:
-                path.ReforgePatch.calc_cond_batch, path.ReforgePatch.post_cfg = real_wrap, real_post
-        return (spent["ours"] - spent["model"]) / spent["steps"], spent["model"] / spent["steps"]
+        return own_time.per_step(spent)
 
 
 class ConceptLists:

@@ -308,14 +308,10 @@ def test_a_patch_deep_copied_by_a_later_clone_stays_the_same_object():
 
 # ---- implicit masks --------------------------------------------------------------------------
 
-def test_the_masks_read_the_concepts_rows_of_the_batched_call_as_a_call_of_their_own(monkeypatch):
-    """The attn2 patch finds the concept rows by their list in ComfyUI's batched call; the
-    maps equal the forward-hook reading of a call of the concept rows alone."""
-    from sega.attention import ConceptAttention
+def masks_seen(monkeypatch) -> list:
+    """The attention maps the engine gets at each step (None where it needs none)."""
     from sega.guidance import SegaGuidance
-    from sega.masks import attention_grid
 
-    model, clip = host.checkpoint("quarter")
     maps = []
     real_step = SegaGuidance.step
 
@@ -324,6 +320,17 @@ def test_the_masks_read_the_concepts_rows_of_the_batched_call_as_a_call_of_their
         return real_step(self, step, eps_u, eps_c, region, attention, early)
 
     monkeypatch.setattr(SegaGuidance, "step", spy_step)
+    return maps
+
+
+def test_the_masks_read_the_concepts_rows_of_the_batched_call_as_a_call_of_their_own(monkeypatch):
+    """The attn2 patch finds the concept rows by their list in ComfyUI's batched call; the
+    maps equal the forward-hook reading of a call of the concept rows alone."""
+    from sega.attention import ConceptAttention
+    from sega.masks import attention_grid
+
+    model, clip = host.checkpoint("quarter")
+    maps = masks_seen(monkeypatch)
     spy = Spy(sega(model, clip, "smiling\ncurly hair :: mask=threshold", mask="attention", warmup="1"))
     host.txt2img(spy.model, clip, batch=2, size=64, steps=4)
     assert len(maps) == 4 and all(m is not None for m in maps)  # momentum reads the concepts in warm-up too
@@ -427,18 +434,10 @@ def test_flux_masks_read_the_joint_attention_of_the_concepts_rows_in_the_batched
     """A transformer in Black Forest Labs' layout (ComfyUI's Flux): the concept rows' image →
     word attention read from ComfyUI's batched call at CFG 1 (with SEGA's own negative in it)
     equals the same reading of a call of the concept rows alone."""
-    from sega.guidance import SegaGuidance
     from sega.joint_attention import JointAttention, patch_grid
 
     model, clip = host.checkpoint("flux-bfl")
-    maps = []
-    real_step = SegaGuidance.step
-
-    def spy_step(self, step, eps_u, eps_c, region=None, attention=None, early=None):
-        maps.append(attention)
-        return real_step(self, step, eps_u, eps_c, region, attention, early)
-
-    monkeypatch.setattr(SegaGuidance, "step", spy_step)
+    maps = masks_seen(monkeypatch)
     spy = Spy(sega(model, clip, "smiling", mask="attention", warmup="0", momentum_scale=0.0))
     plain = host.txt2img(model, clip, cfg=1.0, steps=3, size=32)
     guided = host.txt2img(spy.model, clip, cfg=1.0, steps=3, size=32)

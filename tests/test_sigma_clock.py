@@ -20,6 +20,13 @@ TWO = [s for s in range(N - 1) for _ in (0, 1)] + [N - 1]  # two calls a step, o
     ("heun", TWO), ("dpm_2", TWO), ("dpm_2_ancestral", TWO), ("dpmpp_sde", TWO), ("dpmpp_2s_ancestral", TWO),
 ])
 def test_every_call_gets_its_samplers_step(name, expected):
+    seen, clock = run_clock(name)
+    assert seen == expected
+    assert clock.steps == N
+
+
+def run_clock(name, **options):
+    """The step the clock gives each model call of the real sampler `name`, and the clock."""
     sigmas = kd.get_sigmas_karras(N, 0.03, 14.6)
     function = getattr(kd, f"sample_{name}")
     clock = SigmaClock(sigmas.tolist(), function.__name__)
@@ -31,25 +38,13 @@ def test_every_call_gets_its_samplers_step(name, expected):
 
     torch.manual_seed(0)
     function(model, torch.randn(1, 4, 4, 4) * 14.6, sigmas, callback=lambda info: clock.on_callback(info["i"]),
-             disable=True)
-    assert seen == expected
-    assert clock.steps == N
+             disable=True, **options)
+    return seen, clock
 
 
 @pytest.mark.parametrize("name", ["dpm_2_ancestral", "dpmpp_2s_ancestral"])
 def test_an_ancestral_midpoint_off_the_next_sigma_still_counts_right(name):
-    sigmas = kd.get_sigmas_karras(N, 0.03, 14.6)
-    function = getattr(kd, f"sample_{name}")
-    clock = SigmaClock(sigmas.tolist(), function.__name__)
-    seen = []
-
-    def model(x, sigma, **kwargs):
-        seen.append(clock.step_for(float(sigma[0])))
-        return x * 0.9
-
-    function(model, torch.ones(1, 4, 4, 4) * 14.6, sigmas, callback=lambda info: clock.on_callback(info["i"]),
-             disable=True, eta=0.5)
-    assert seen == TWO
+    assert run_clock(name, eta=0.5)[0] == TWO
 
 
 def test_a_sampler_that_picks_its_own_sigmas_is_counted_by_its_callbacks():

@@ -36,20 +36,11 @@ class CONST:
         return latent / (1.0 - sigma)
 
 
-class ModelSamplingFlux(torch.nn.Module):
+class ModelSamplingFlux(ModelSamplingDiscrete):  # noqa: F821 - the σ table and its ends as there
     def __init__(self, shift=1.15, timesteps=10000):
-        super().__init__()
-        self.shift = shift
-        ts = self.sigma(torch.arange(1, timesteps + 1, 1) / timesteps)
-        self.register_buffer("sigmas", ts)
-
-    @property
-    def sigma_min(self):
-        return self.sigmas[0]
-
-    @property
-    def sigma_max(self):
-        return self.sigmas[-1]
+        torch.nn.Module.__init__(self)
+        self.shift, self.sigma_data = shift, 1.0
+        self.set_sigmas(self.sigma(torch.arange(1, timesteps + 1, 1) / timesteps))
 
     def timestep(self, sigma):
         return sigma

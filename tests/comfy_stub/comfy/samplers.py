@@ -1,15 +1,15 @@
 """comfy/samplers.py (ComfyUI 0.8.0, pollockjj/ComfyUI @ 618b803d = comfyanonymous 3cd7b32f) as far
-as a MODEL patch sees it, written from the source, shorter:
+as a MODEL patch sees it, shorter:
 
-- `sampling_function`: CFG-1 shortcut (uncond None unless `disable_cfg1_optimization`),
-  `sampler_calc_cond_batch_function` or `calc_cond_batch`, `sampler_pre_cfg_function`s,
-  `cfg_function` (`sampler_cfg_function`, plain CFG, then every `sampler_post_cfg_function`
-  with ComfyUI's args);
-- `calc_cond_batch` → the `CALC_COND_BATCH` wrappers → `_calc_cond_batch`: per cond dict
-  `timestep_start/_end` (dropped outside), `strength`; packing by `can_concat`, the list
-  reversed, halving while `memory_required·1.5 ≥ free memory`; `transformer_options`
-  with `cond_or_uncond`, `uuids`, `sigmas`; `model_function_wrapper`; outputs summed ×mult
-  and divided by the summed mult (None → zeros);
+- from reForge's copy (see _reforge.py; its reForge-only options are off here): `sampling_function`
+  (CFG-1 shortcut unless `disable_cfg1_optimization`, `sampler_calc_cond_batch_function` or
+  `calc_cond_batch`, the pre-CFG list), `cfg_function` (`sampler_cfg_function`, plain CFG,
+  every `sampler_post_cfg_function` with ComfyUI's args), `calc_cond_batch` → the
+  `CALC_COND_BATCH` wrappers → `_calc_cond_batch` (packing by `can_concat`, the list
+  reversed, halving while `memory_required·1.5 ≥ free memory`; `transformer_options` with
+  `cond_or_uncond`, `uuids`, `sigmas`; `model_function_wrapper`; outputs summed ×mult and
+  divided by the summed mult; None → zeros), with ComfyUI's `get_area_and_mult`
+  (`timestep_start/_end`: dropped outside; `strength`);
 - `KSamplerX0Inpaint`, `KSAMPLER` (noise kept for the inpaint blend, `noise_scaling` with
   max_denoise, the callback adapter (i, denoised, x, total_steps), `inverse_noise_scaling`),
   `ksampler`, `sampler_object` (ddim = euler with random inpaint noise);
@@ -25,14 +25,21 @@ as a MODEL patch sees it, written from the source, shorter:
 Not mirrored: areas and masks of conds, hooks, control nets, gligen, `default` conds,
 context windows, nested latents, the other schedulers, uni_pc, `model.current_patcher`."""
 
-import collections
 import math
+from types import SimpleNamespace
 
 import torch
 
 import comfy.k_diffusion.sampling as k_diffusion_sampling
-from comfy import model_management, patcher_extension, sampler_helpers
+from comfy import patcher_extension, sampler_helpers
+from comfy._reforge import reuse
 from comfy.model_patcher import create_model_options_clone
+
+# reForge's own options (epsilon scaling) and AND-prompt strengths do not exist in ComfyUI.
+_NO_REFORGE_OPTIONS = SimpleNamespace(opts=SimpleNamespace())
+reuse("modules/samplers.py", globals(), {
+    "from modules import shared": "shared = _NO_REFORGE_OPTIONS",
+    'edit_strength = sum(item.get("strength", 1) for item in cond)': "edit_strength = 1.0"})
 
 
 def get_area_and_mult(conds, x_in, timestep_in):
@@ -43,123 +50,9 @@ def get_area_and_mult(conds, x_in, timestep_in):
     mult = torch.ones_like(x_in) * conds.get("strength", 1.0)
     conditioning = {k: v.process_cond(batch_size=x_in.shape[0], device=x_in.device, area=None)
                     for k, v in conds["model_conds"].items()}
-    return collections.namedtuple("cond_obj", ["input_x", "mult", "conditioning", "area", "control", "patches",
-                                               "uuid", "hooks"])(x_in, mult, conditioning, None, conds.get("control"),
-                                                                 conds.get("patches"), conds.get("uuid"), None)
+    return CondObj(x_in, mult, conditioning, None, conds.get("control"), None, conds.get("uuid"), None)  # noqa: F821
 
 
-def can_concat_cond(c1, c2):
-    if c1.input_x.shape != c2.input_x.shape or c1.control is not c2.control or c1.patches is not c2.patches:
-        return False
-    if c1.conditioning.keys() != c2.conditioning.keys():
-        return False
-    return all(c1.conditioning[k].can_concat(c2.conditioning[k]) for k in c1.conditioning)
-
-
-def cond_cat(c_list):
-    temp = collections.defaultdict(list)
-    for x in c_list:
-        for k in x:
-            temp[k].append(x[k])
-    return {k: temp[k][0].concat(temp[k][1:]) for k in temp}
-
-
-def calc_cond_batch(model, conds, x_in, timestep, model_options):
-    executor = patcher_extension.WrapperExecutor.new_executor(
-        _calc_cond_batch,
-        patcher_extension.get_all_wrappers(patcher_extension.WrappersMP.CALC_COND_BATCH, model_options,
-                                           is_model_options=True))
-    return executor.execute(model, conds, x_in, timestep, model_options)
-
-
-def _calc_cond_batch(model, conds, x_in, timestep, model_options):
-    out_conds, out_counts, to_run = [], [], []
-    for i, cond in enumerate(conds):
-        out_conds.append(torch.zeros_like(x_in))
-        out_counts.append(torch.ones_like(x_in) * 1e-37)
-        for x in cond or ():
-            p = get_area_and_mult(x, x_in, timestep)
-            if p is not None:
-                to_run.append((p, i))
-    while to_run:
-        first = to_run[0]
-        to_batch_temp = [x for x in range(len(to_run)) if can_concat_cond(to_run[x][0], first[0])]
-        to_batch_temp.reverse()
-        to_batch = to_batch_temp[:1]
-        free_memory = model_management.get_free_memory(x_in.device)
-        for i in range(1, len(to_batch_temp) + 1):
-            batch_amount = to_batch_temp[: len(to_batch_temp) // i]
-            input_shape = [len(batch_amount) * first[0].input_x.shape[0]] + list(first[0].input_x.shape)[1:]
-            if model.memory_required(input_shape) * 1.5 < free_memory:
-                to_batch = batch_amount
-                break
-        input_x, mult, c, cond_or_uncond, uuids = [], [], [], [], []
-        patches = None
-        for x in to_batch:
-            p, index = to_run.pop(x)
-            input_x.append(p.input_x)
-            mult.append(p.mult)
-            c.append(p.conditioning)
-            cond_or_uncond.append(index)
-            uuids.append(p.uuid)
-            patches = p.patches
-        batch_chunks = len(cond_or_uncond)
-        input_x = torch.cat(input_x)
-        c = cond_cat(c)
-        timestep_ = torch.cat([timestep] * batch_chunks)
-        transformer_options = patcher_extension.copy_nested_dicts(model_options.get("transformer_options", {}))
-        if patches is not None:
-            transformer_options["patches"] = patcher_extension.merge_nested_dicts(
-                transformer_options.get("patches", {}), patches)
-        transformer_options["cond_or_uncond"] = cond_or_uncond[:]
-        transformer_options["uuids"] = uuids[:]
-        transformer_options["sigmas"] = timestep
-        c["transformer_options"] = transformer_options
-        if "model_function_wrapper" in model_options:
-            output = model_options["model_function_wrapper"](
-                model.apply_model, {"input": input_x, "timestep": timestep_, "c": c,
-                                    "cond_or_uncond": cond_or_uncond}).chunk(batch_chunks)
-        else:
-            output = model.apply_model(input_x, timestep_, **c).chunk(batch_chunks)
-        for o in range(batch_chunks):
-            out_conds[cond_or_uncond[o]] += output[o] * mult[o]
-            out_counts[cond_or_uncond[o]] += mult[o]
-    return [out_conds[i] / out_counts[i] for i in range(len(out_conds))]
-
-
-def cfg_function(model, cond_pred, uncond_pred, cond_scale, x, timestep, model_options={}, cond=None, uncond=None):  # noqa: B006
-    if "sampler_cfg_function" in model_options:
-        args = {"cond": x - cond_pred, "uncond": x - uncond_pred, "cond_scale": cond_scale, "timestep": timestep,
-                "input": x, "sigma": timestep, "cond_denoised": cond_pred, "uncond_denoised": uncond_pred,
-                "model": model, "model_options": model_options, "input_cond": cond, "input_uncond": uncond}
-        cfg_result = x - model_options["sampler_cfg_function"](args)
-    else:
-        cfg_result = uncond_pred + (cond_pred - uncond_pred) * cond_scale
-    for fn in model_options.get("sampler_post_cfg_function", []):
-        args = {"denoised": cfg_result, "cond": cond, "uncond": uncond, "cond_scale": cond_scale, "model": model,
-                "uncond_denoised": uncond_pred, "cond_denoised": cond_pred, "sigma": timestep,
-                "model_options": model_options, "input": x}
-        cfg_result = fn(args)
-    return cfg_result
-
-
-def sampling_function(model, x, timestep, uncond, cond, cond_scale, model_options={}, seed=None):  # noqa: B006
-    if math.isclose(cond_scale, 1.0) and not model_options.get("disable_cfg1_optimization", False):
-        uncond_ = None
-    else:
-        uncond_ = uncond
-    conds = [cond, uncond_]
-    if "sampler_calc_cond_batch_function" in model_options:
-        args = {"conds": conds, "input": x, "sigma": timestep, "model": model, "model_options": model_options}
-        out = model_options["sampler_calc_cond_batch_function"](args)
-    else:
-        out = calc_cond_batch(model, conds, x, timestep, model_options)
-    for fn in model_options.get("sampler_pre_cfg_function", []):
-        args = {"conds": conds, "conds_out": out, "cond_scale": cond_scale, "timestep": timestep, "input": x,
-                "sigma": timestep, "model": model, "model_options": model_options}
-        out = fn(args)
-    return cfg_function(model, out[0], out[1], cond_scale, x, timestep, model_options=model_options, cond=cond,
-                        uncond=uncond_)
 
 
 class KSamplerX0Inpaint:
@@ -325,7 +218,7 @@ class CFGGuider:
                                                is_model_options=True)).execute(x, timestep, model_options, seed)
 
     def predict_noise(self, x, timestep, model_options={}, seed=None):  # noqa: B006
-        return sampling_function(self.inner_model, x, timestep, self.conds.get("negative", None),
+        return sampling_function(self.inner_model, x, timestep, self.conds.get("negative", None),  # noqa: F821
                                  self.conds.get("positive", None), self.cfg, model_options=model_options, seed=seed)
 
     def inner_sample(self, noise, latent_image, device, sampler, sigmas, denoise_mask, callback, disable_pbar, seed):

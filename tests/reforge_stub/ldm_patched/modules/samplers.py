@@ -82,8 +82,9 @@ def calc_cond_batch(model, conds, x_in, timestep, model_options):
 def _calc_cond_batch(model, conds, x_in, timestep, model_options):
     out_conds = [torch.zeros_like(x_in) for _ in conds]
     out_counts = [torch.ones_like(x_in) * 1e-37 for _ in conds]
-    to_run = [(get_area_and_mult(d, x_in, timestep), i) for i, cond in enumerate(conds) if cond is not None
-              for d in cond]
+    # A cond outside its timestep range (start/end percent) sits this call out.
+    to_run = [(p, i) for i, cond in enumerate(conds) if cond is not None for d in cond
+              if (p := get_area_and_mult(d, x_in, timestep)) is not None]
 
     while to_run:
         first = to_run[0][0]

@@ -1,0 +1,130 @@
+"""SEGA's cost per step on ComfyUI's path (sega_comfy/patch.py), in the ComfyUI stand-in.
+
+    python bench/comfy.py              # CPU, the tiny shape of bench/run.py, about a minute
+
+ComfyUI evaluates the prompt and the negative prompt as two cond lists of one batched call;
+SEGA appends one list per acting concept to that call, so a SEGA step can cost no less than
+one call of (2 + N)·B rows. Per step (KSampler, Euler, median of --repeats runs, interleaved;
+the prompts encoded beforehand, as ComfyUI caches the text encoders' nodes):
+
+- plain: the KSampler node without SEGA;
+- SEGA with N = 1, 2, 4 concepts (warm-up 0: every concept in every step);
+- the bound: the plain model with a CALC_COND_BATCH wrapper that only appends N copies of
+  the prompt's list — the same rows in the same call, and nothing else;
+- SEGA's own time inside its wrappers and post-CFG function, the model call taken out,
+  against the step's model call at (2 + N)·B rows (target ≤ 1 %).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
+
+import comfy_host  # noqa: E402
+import own_time  # noqa: E402
+import torch  # noqa: E402
+from run import CONCEPTS, TINY, build_model  # noqa: E402
+
+import sega_comfy.patch as path  # noqa: E402
+from sega_comfy.nodes import SegaGuidanceNode  # noqa: E402
+
+
+def checkpoint(shape):
+    import comfy.model_base
+    import comfy.model_patcher
+    import comfy.model_sampling
+    import comfy.sd
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    ldm = build_model(shape, torch.device("cpu"), torch.float32)
+    base = comfy.model_base.BaseModel(UNetModel(ldm.unet), comfy.model_sampling.model_sampling(ldm.alphas_cumprod))
+    cpu = torch.device("cpu")
+    return comfy.model_patcher.ModelPatcher(base, load_device=cpu, offload_device=cpu), comfy.sd.CLIP(ldm)
+
+
+def bound_model(model, n: int):
+    """The plain model whose step call carries n more copies of the prompt's list."""
+    import comfy.patcher_extension as pe
+
+    def wrapper(executor, m, conds, x, timestep, options):
+        if len(conds) < 2 or conds[1] is None:
+            return executor(m, conds, x, timestep, options)
+        return executor(m, [*conds, *[conds[0]] * n], x, timestep, options)[: len(conds)]
+
+    bound = model.clone()
+    pe.add_wrapper_with_key(pe.WrappersMP.CALC_COND_BATCH, "bound", wrapper, bound.model_options, is_model_options=True)
+    return bound
+
+
+class Bench:
+    def __init__(self, shape, repeats: int):
+        import nodes
+
+        self.shape, self.repeats = shape, repeats
+        self.model, self.clip = checkpoint(shape)
+        self.positive, self.negative = comfy_host.encode(self.clip, "a photo"), comfy_host.encode(self.clip, "")
+        self.ksampler = nodes.KSampler()
+
+    def generate(self, model) -> float:
+        s = self.shape
+        start = comfy_host.latent(s.latent * 8, s.batch)
+        t = time.perf_counter()
+        with torch.no_grad():
+            self.ksampler.sample(model, 1, s.steps, 7.0, "euler", "normal", self.positive, self.negative, start)
+        return (time.perf_counter() - t) / s.steps
+
+    def sega(self, n: int):
+        return SegaGuidanceNode().apply(self.model, self.clip, "\n".join(CONCEPTS[:n]), 5.0, 0.95, "0", "", 1.0, 0.3,
+                                        0.6)[0]
+
+    def median_of(self, models):
+        for m in models:
+            self.generate(m)
+        times = [[] for _ in models]
+        for _ in range(self.repeats):
+            for i, m in enumerate(models):
+                times[i].append(self.generate(m))
+        return [statistics.median(t) for t in times]
+
+    def own_time(self, n: int):
+        with own_time.timed(path.SegaPatch) as spent:
+            model = self.sega(n)  # made inside: the model keeps the functions it was given
+            self.generate(model)
+            spent.update(ours=0.0, model=0.0, steps=0)
+            for _ in range(self.repeats):
+                self.generate(model)
+        return own_time.per_step(spent)
+
+
+def table(bench) -> list[str]:
+    s = bench.shape
+    lines = [f"### ComfyUI stand-in — {s.name}, {s.steps} steps (KSampler, euler), batch {s.batch}, CPU float32, "
+             f"torch {torch.__version__}, {torch.get_num_threads()} threads", "",
+             "| run | per step (ms) | ÷ plain | bound ÷ plain | ÷ bound | target |", "|---|---|---|---|---|---|"]
+    for n in (1, 2, 4):
+        plain, sega, bound = bench.median_of([bench.model, bench.sega(n), bound_model(bench.model, n)])
+        ok = sega <= 1.05 * bound
+        lines.append(f"| SEGA, {n} concept{'s' if n > 1 else ''} | {sega * 1e3:.2f} | {sega / plain:.3f} | "
+                     f"{bound / plain:.3f} | {sega / bound:.3f} | ≤ 1.05× bound: {'yes' if ok else 'NO'} |")
+    own, calls = bench.own_time(4)
+    lines += ["", f"SEGA's own time in its wrappers and post-CFG function, 4 concepts (its model call taken out): "
+              f"{own * 1e3:.3f} ms per step = {100 * own / calls:.2f} % of the step's model call at 6·B rows "
+              f"({calls * 1e3:.2f} ms; target ≤ 1 %)."]
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    print("\n".join(table(Bench(TINY, args.repeats))))
+
+
+if __name__ == "__main__":
+    main()
