@@ -385,3 +385,47 @@ def invert(
     if final is None:
         raise InversionError("the schedule does not end at sigma 0")
     return Inversion(tuple(noises), x0 - final, calls)
+
+
+def replay(
+    funcname: str,
+    denoise: Denoise,
+    x_start: torch.Tensor,
+    sigmas: torch.Tensor,
+    inversion: Inversion,
+    *,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+    options: dict | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+    rectified_flow: bool = False,
+) -> torch.Tensor:
+    """Sample with the inversion's noises, for a host whose own sampler cannot be handed
+    them (ComfyUI's sampler nodes): the steps `invert` retraces, each step's noises as the
+    inversion recorded them (mid-step ones first), and its residual added to the last
+    step's result. With nothing changing the model's estimates this makes the inversion's
+    model calls again, with the same inputs, and ends on x₀. `on_step` as for `invert`."""
+    step_fn, _ = SAMPLERS[funcname]
+    if rectified_flow:
+        step_fn = RECTIFIED_FLOW.get(funcname, step_fn)
+    recorded = NoiseReplay(inversion.noises)
+
+    def draw():
+        return recorded(None, None)
+
+    history: dict = {}
+    x = x_start
+    for i in range(len(sigmas) - 1):
+        if on_step is not None:
+            on_step(i, 0)
+        step = _Step(
+            x, sigmas[i], sigmas[i + 1], denoise,
+            (lambda i=i: on_step(i, 1)) if on_step is not None else (lambda: None),
+            draw, eta, s_noise, options or {}, history,
+        )
+        update = step_fn(step)
+        if sigmas[i + 1] > 0:
+            x = update.add_noise(draw())
+        else:
+            return update.mu + inversion.residual
+    raise InversionError("the schedule does not end at sigma 0")

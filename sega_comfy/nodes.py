@@ -11,6 +11,7 @@ from sega.concepts import Concept, parse_overrides
 from sega.errors import SegaInputError
 from sega.fields import BY_NAME
 
+from .edit import SegaEditNode, SegaInversionSamplerNode, SegaInvertNode
 from .maps import SegaMapsNode
 from .patch import SegaPatch
 
@@ -184,6 +185,9 @@ def concept(settings: str, direction: str, number: int = 1) -> Concept:
     return made
 
 
-NODE_CLASS_MAPPINGS = {"SEGA": SegaGuidanceNode, "SEGAConcept": SegaConceptNode, "SEGAMaps": SegaMapsNode}
+NODE_CLASS_MAPPINGS = {"SEGA": SegaGuidanceNode, "SEGAConcept": SegaConceptNode, "SEGAMaps": SegaMapsNode,
+                       "SEGAInvert": SegaInvertNode, "SEGAEdit": SegaEditNode,
+                       "SEGAInversionSampler": SegaInversionSamplerNode}
 NODE_DISPLAY_NAME_MAPPINGS = {"SEGA": "SEGA (semantic guidance)", "SEGAConcept": "SEGA concept (conditioning)",
-                              "SEGAMaps": "SEGA guidance maps"}
+                              "SEGAMaps": "SEGA guidance maps", "SEGAInvert": "SEGA invert photo",
+                              "SEGAEdit": "SEGA edit photo", "SEGAInversionSampler": "SEGA inversion sampler"}

@@ -59,8 +59,9 @@ def _load_as_comfy(prelude: str = "") -> str:
 
 def test_comfyui_loads_the_folder_as_a_node_pack_without_the_webui():
     out = _load_as_comfy()
-    assert ("NODES ['SEGA', 'SEGAConcept', 'SEGAMaps'] ['SEGA (semantic guidance)', 'SEGA concept (conditioning)', "
-            "'SEGA guidance maps']") in out
+    assert ("NODES ['SEGA', 'SEGAConcept', 'SEGAEdit', 'SEGAInversionSampler', 'SEGAInvert', 'SEGAMaps'] "
+            "['SEGA (semantic guidance)', 'SEGA concept (conditioning)', 'SEGA edit photo', 'SEGA guidance maps', "
+            "'SEGA inversion sampler', 'SEGA invert photo']") in out
     assert f"SEGA_FROM {webui.ROOT / 'sega' / '__init__.py'}" in out
     assert "WEBUI []" in out  # nothing of the WebUI side is imported
 

@@ -16,3 +16,23 @@ def get_torch_device():
 
 def intermediate_device():
     return torch.device("cpu")
+
+
+class InterruptProcessingException(Exception):
+    pass
+
+
+_interrupted = False
+
+
+def interrupt_current_processing(value=True):
+    global _interrupted
+    _interrupted = value
+
+
+def throw_exception_if_processing_interrupted():
+    """Raises once after an interrupt was asked for, and clears the flag (as ComfyUI does)."""
+    global _interrupted
+    if _interrupted:
+        _interrupted = False
+        raise InterruptProcessingException()
