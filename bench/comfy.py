@@ -1,6 +1,7 @@
 """SEGA's cost per step on ComfyUI's path (sega_comfy/patch.py), in the ComfyUI stand-in.
 
     python bench/comfy.py              # CPU, the tiny shape of bench/run.py, about a minute
+    python bench/comfy.py --edit       # the photo edit (sega_comfy/edit.py), about a minute
 
 ComfyUI evaluates the prompt and the negative prompt as two cond lists of one batched call;
 SEGA appends one list per acting concept to that call, so a SEGA step can cost no less than
@@ -119,11 +120,70 @@ def table(bench) -> list[str]:
     return lines
 
 
+def edit_table(bench) -> list[str]:
+    """The photo edit: the inversion against a plain sampling pass of the same steps
+    (img2img from the photo at strength 1, the same sampler), a cached re-edit with two
+    concepts against a plain SEGA pass, and the memory a kept inversion holds."""
+    from sega_comfy import edit
+
+    s = bench.shape
+    generator = torch.Generator().manual_seed(5)
+    photo = {"samples": torch.randn((s.batch, 4, s.latent, s.latent), generator=generator)}
+    sampler = "euler_ancestral"
+    guided = bench.sega(2)
+
+    def timed(run):
+        t = time.perf_counter()
+        with torch.no_grad():
+            out = run()
+        return (time.perf_counter() - t) / s.steps, out
+
+    def plain():
+        return bench.ksampler.sample(bench.model, 1, s.steps, 7.0, sampler, "normal", bench.positive, bench.negative,
+                                     photo, 1.0)
+
+    def sega_pass():
+        return bench.ksampler.sample(guided, 1, s.steps, 7.0, sampler, "normal", bench.positive, bench.negative,
+                                     photo, 1.0)
+
+    def invert():
+        return edit.SegaInvertNode().invert(bench.model, bench.positive, bench.negative, photo, 1, s.steps, 7.0,
+                                            sampler, "normal", 1.0)[0]
+
+    inversion = invert()
+
+    def re_edit():
+        return edit.SegaEditNode().edit(guided, bench.positive, bench.negative, 7.0, inversion)
+
+    runs = [plain, invert, sega_pass, re_edit]
+    for run in runs:
+        timed(run)
+    times = [[] for _ in runs]
+    for _ in range(bench.repeats):
+        for i, run in enumerate(runs):
+            times[i].append(timed(run)[0])
+    t_plain, t_invert, t_sega, t_edit = (statistics.median(t) for t in times)
+    per_512 = inversion.mebibytes / photo["samples"].numel() * (4 * 64 * 64)
+    return [f"### ComfyUI stand-in, photo edit — {s.name}, {s.steps} steps ({sampler}), batch {s.batch}, CPU float32, "
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads", "",
+            "| run | per step (ms) | ratio | target |", "|---|---|---|---|",
+            f"| plain sampling pass (img2img, strength 1) | {t_plain * 1e3:.2f} | | |",
+            f"| inversion | {t_invert * 1e3:.2f} | {t_invert / t_plain:.3f} × plain pass | ≤ 1.05: "
+            f"{'yes' if t_invert <= 1.05 * t_plain else 'NO'} |",
+            f"| plain SEGA pass, 2 concepts | {t_sega * 1e3:.2f} | | |",
+            f"| cached re-edit, 2 concepts | {t_edit * 1e3:.2f} | {t_edit / t_sega:.3f} × SEGA pass | ≤ 1.02: "
+            f"{'yes' if t_edit <= 1.02 * t_sega else 'NO'} |", "",
+            f"A kept inversion holds {inversion.mebibytes:.3f} MiB here, {per_512:.2f} MiB per 512² image at "
+            f"{s.steps} steps (float32 noises, residual and start noise: latent-sized tensors, one per step)."]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--edit", action="store_true", help="the photo edit instead of the guidance path")
     args = parser.parse_args()
-    print("\n".join(table(Bench(TINY, args.repeats))))
+    bench = Bench(TINY, args.repeats)
+    print("\n".join(edit_table(bench) if args.edit else table(bench)))
 
 
 if __name__ == "__main__":

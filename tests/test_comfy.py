@@ -405,7 +405,8 @@ def test_the_example_workflows_use_the_nodes_as_they_are():
     import json
 
     workflows = sorted((webui.ROOT / "example_workflows").glob("*.json"))
-    assert {p.name for p in workflows} >= {"sega_sd15_txt2img.json", "sega_sdxl_txt2img.json", "sega_flux_txt2img.json"}
+    assert {p.name for p in workflows} >= {"sega_sd15_txt2img.json", "sega_sdxl_txt2img.json", "sega_flux_txt2img.json",
+                                           "sega_sd15_photo_edit.json"}
     widget_types = ("FLOAT", "INT", "STRING", "BOOLEAN")
     for path in workflows:
         graph = json.loads(path.read_text())
@@ -420,12 +421,19 @@ def test_the_example_workflows_use_the_nodes_as_they_are():
             required = cls.INPUT_TYPES()["required"]
             widgets = [name for name, spec in required.items()
                        if isinstance(spec[0], list) or spec[0] in widget_types]
-            assert len(node["widgets_values"]) == len(widgets), (path.name, node["type"])
-            values = dict(zip(widgets, node["widgets_values"], strict=True))
-            if "mask" in values:
-                assert values["mask"] in required["mask"][0]
-            checked = {k: v for k, v in values.items() if k != "mask"}
+            # The page puts a seed's "control after generate" value right after it.
+            controls = {name for name, spec in required.items()
+                        if len(spec) > 1 and spec[1].get("control_after_generate")}
+            shown = [w for name in widgets for w in ((name, f"{name}:control") if name in controls else (name,))]
+            assert len(node["widgets_values"]) == len(shown), (path.name, node["type"])
+            values = {k: v for k, v in zip(shown, node["widgets_values"], strict=True) if not k.endswith(":control")}
+            choices = {name for name, spec in required.items() if isinstance(spec[0], list)}
+            for name in choices:
+                assert values[name] in required[name][0], (path.name, name, values[name])
+            checked = {k: v for k, v in values.items() if k not in choices}
             if hasattr(cls, "VALIDATE_INPUTS"):
+                names = cls.VALIDATE_INPUTS.__code__.co_varnames[1: cls.VALIDATE_INPUTS.__code__.co_argcount]
+                checked = {k: v for k, v in checked.items() if k in names}
                 assert cls.VALIDATE_INPUTS(**checked) is True, (path.name, cls.VALIDATE_INPUTS(**checked))
             inputs = {i["name"] for i in node["inputs"]}
             assert inputs == set(cls.INPUT_TYPES()["required"]) - set(widgets) | set(cls.INPUT_TYPES().get("optional", {}))
