@@ -17,6 +17,7 @@ written only once an inversion is complete, so Interrupt or Skip never leaves ha
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from dataclasses import dataclass
 
@@ -42,6 +43,9 @@ class EditPlan:
     p: object
     run: object  # host.SegaRun, for telling the user
     funcname: str
+    # The host's conditions on the denoiser's calls while editing (a context manager factory
+    # taking the denoiser; forge.edit_calls), None where its calls need none.
+    calls: object = None
 
     def decline(self, reason: str) -> None:
         """The pass runs as ordinary img2img with SEGA; the user reads why."""
@@ -126,9 +130,11 @@ def launch(edit: EditPlan, pass_, launch_fn, args, kwargs):
         if found.kept.get("image_cond") is not None:
             extra_args["image_cond"] = found.kept["image_cond"]
             kwargs = {**kwargs, "extra_args": extra_args}
+    calls = edit.calls if edit.calls is not None else _as_is
     if found is None:
         try:
-            found = _invert(edit, pass_, denoiser, x_start, x0, sigmas, kwargs, eta, s_noise, options)
+            with calls(denoiser):
+                found = _invert(edit, pass_, denoiser, x_start, x0, sigmas, kwargs, eta, s_noise, options)
         except InversionError as e:
             edit.decline(str(e))
             return launch_fn(*args, **kwargs)
@@ -145,8 +151,14 @@ def launch(edit: EditPlan, pass_, launch_fn, args, kwargs):
               f"({len(_cache)} inversions kept, {_cache.nbytes / 2**20:.1f} MB)")
     else:
         print("[SEGA] inversion found in the cache: editing without inverting again")
-    out = launch_fn(*args, **{**kwargs, "noise_sampler": found.noise_sampler()})
+    with calls(denoiser):
+        out = launch_fn(*args, **{**kwargs, "noise_sampler": found.noise_sampler()})
     return out + found.residual.to(device=out.device, dtype=out.dtype)
+
+
+@contextlib.contextmanager
+def _as_is(denoiser):
+    yield
 
 
 def _invert(edit: EditPlan, pass_, denoiser, x_start, x0, sigmas, kwargs, eta, s_noise, options) -> Inversion:

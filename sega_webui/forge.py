@@ -32,10 +32,14 @@ SEGA and gives the same prediction bit for bit.
 
 Forge's inpainting blend comes after the post-CFG functions, so the term reaches only what
 the mask repaints without being weighted here; the engine still takes its thresholds over
-the repainted region only.
+the repainted region only. Its blend into the model's input (the kept region noised afresh
+at every call) is taken out of a photo edit's calls (`edit_calls`): the inversion could not
+be retraced through it.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
@@ -62,6 +66,66 @@ def edit_problem() -> str | None:
     """Forge's vendored k-diffusion samplers make k-diffusion's updates: the inversion
     retraces them."""
     return None
+
+
+@contextlib.contextmanager
+def edit_calls(denoiser):
+    """The CFG denoiser's calls of a photo edit (the inversion's and the sampling pass's),
+    with the inpainting mask's kept region given to the model as the sampler carries it.
+
+    Forge's CFG denoiser, unlike A1111's, overwrites the kept region of every call's input with
+    the photo noised afresh (`noise_scaling(σ, randn_like(init_latent), init_latent)`): a new
+    draw at each call, so the inversion and the sampling pass feed the model different inputs
+    there, the model's estimates in the repainted region differ through its receptive field,
+    and the noises the inversion solved for no longer land on the photo. In an edit the
+    sampler's own latents in the kept region are already the photo noised to each σ (the
+    inversion's trajectory, which the guided estimate, blended to the photo there, keeps it
+    on), so the model is given those: the same input in both passes, as on A1111. Forge's
+    draw is still made, so the global RNG advances as it would."""
+    if getattr(denoiser, "mask", None) is None:
+        yield
+        return
+    inner = denoiser.forward
+    own = denoiser.__dict__.get("forward")  # another extension's wrapper, if any, stays inside
+
+    def forward(x, sigma, *args, **kwargs):
+        predictor = denoiser.inner_model.inner_model.forge_objects.unet.model.predictor
+        with _blend_keeps(predictor, denoiser, x):
+            return inner(x, sigma, *args, **kwargs)
+
+    denoiser.forward = forward
+    try:
+        yield
+    finally:
+        if own is not None:
+            denoiser.forward = own
+        else:
+            del denoiser.forward
+
+
+@contextlib.contextmanager
+def _blend_keeps(predictor, denoiser, x):
+    """For one denoiser call: Forge's input blend (its first `noise_scaling` of the init
+    latent in the call) takes `x` itself, so the blend leaves the input as the sampler made
+    it; every other `noise_scaling` is Forge's."""
+    real = predictor.noise_scaling
+    own = predictor.__dict__.get("noise_scaling")
+    pending = [True]
+
+    def noise_scaling(sigma, noise, latent_image, *args, **kwargs):
+        if pending and latent_image is denoiser.init_latent and noise.shape == x.shape:
+            pending.clear()
+            return x
+        return real(sigma, noise, latent_image, *args, **kwargs)
+
+    predictor.noise_scaling = noise_scaling
+    try:
+        yield
+    finally:
+        if own is not None:
+            predictor.noise_scaling = own
+        else:
+            del predictor.noise_scaling
 
 
 def install(p, run, pass_) -> None:

@@ -303,6 +303,8 @@ def _begin_pass(p, run: SegaRun) -> None:
     if problem:
         pass_.edit.decline(problem)
         pass_.edit = None
+    if pass_.edit is not None:
+        pass_.edit.calls = getattr(plumbing, "edit_calls", None)
     _hook_sampler(sampler, pass_, name)
     run.current = pass_
     if plumbing is not None:

@@ -608,6 +608,44 @@ def test_flux_photo_edit_reconstructs_with_no_concept_and_edits_with_one(flux, m
     assert m > 0 and calls == [1] * m + [1, 2] * m
 
 
+def test_an_edits_calls_give_the_model_the_kept_region_as_the_sampler_carries_it(host):
+    """Forge's CFG denoiser noises the kept region of each call's input afresh
+    (sd_samplers_cfg_denoiser.py, dfdcbab6): in an edit the inversion's call and the sampling
+    pass's call of the same step must give the model the same input, which they can only do
+    with the sampler's own latents there; outside edits Forge's blend is left alone."""
+    mask = torch.zeros(8, 8)
+    mask[:, :4] = 1
+    kwargs = dict(img2img=True, denoising_strength=1.0, init_images=host_harness.init_latent(64, 64),
+                  sampler_name="Euler a", mask=mask, steps=5)
+    seen = []
+
+    def record(params):
+        pass_ = getattr(getattr(params.denoiser.p, "sega_run", None), "current", None)
+        seen.append((bool(getattr(pass_, "inverting", False)), params.x.clone()))
+
+    host.w.host.edit.clear_cache()
+    with forge.active() as w:
+        w.script_callbacks.callbacks["cfg_denoiser"].append(record)
+        try:
+            host.generate(sega_values("glasses :: scale=0", invert=True, warmup="0"), **kwargs)
+            edit_calls = list(seen)
+            seen.clear()
+            plain = host.generate(sega_values("glasses :: scale=0", warmup="0"), **kwargs)
+        finally:
+            w.script_callbacks.callbacks["cfg_denoiser"].remove(record)
+        denoiser = plain.p.sampler.model_wrap_cfg
+        predictor = host.engine().forge_objects.unet.model.predictor
+        assert "forward" not in vars(denoiser) and "noise_scaling" not in vars(predictor)
+    inverting = [x for flag, x in edit_calls if flag]
+    sampling = [x for flag, x in edit_calls if not flag]
+    assert len(inverting) == len(sampling) == 5
+    for a, b in zip(inverting, sampling, strict=True):
+        assert torch.equal(a, b)
+    # Without an edit (same seed, same start latent) the model sees Forge's fresh draws there.
+    assert len(seen) == 5 and torch.equal(seen[0][1][..., :4], sampling[0][..., :4])
+    assert not all(torch.equal(x[..., 4:], y[..., 4:]) for (_, x), y in zip(seen, sampling, strict=True))
+
+
 @pytest.fixture(scope="module")
 def sd3(host):
     with forge.active():
@@ -673,3 +711,23 @@ def test_flux_guidance_maps_and_infotext(flux):
     assert len(result.images) == 1 + 3  # the image, two concepts and all
     params = result.p.extra_generation_params
     assert params["SEGA mask"] == "intersect" and "SEGA concepts" in params
+
+
+@pytest.mark.parametrize(("kind", "sampler", "cfg"), [("flux", "Euler a", 1.0), ("flux", "DPM2 a", 1.0),
+                                                      ("flux", "DPM++ 2M SDE", 1.0), ("sd3", "Euler a", 5.0),
+                                                      ("sd3", "DPM++ SDE", 5.0)])
+def test_flow_model_photo_edit_with_an_inpaint_mask_gives_the_photo_back(flux, sd3, kind, sampler, cfg):
+    """Issue 27 on the flow models: Forge noises the kept region of every call's input as
+    σ·n + (1 − σ)·x0 with a fresh n, which the edit's calls must not see either."""
+    mask = torch.zeros(8, 8)
+    mask[:, :4] = 1
+    photo = host_harness.init_latent(64, 64)
+    kwargs = dict(kind=kind, img2img=True, denoising_strength=1.0, init_images=photo, sampler_name=sampler,
+                  cfg_scale=cfg, steps=6, mask=mask)
+    flux.w.host.edit.clear_cache()
+    back = flux.generate(sega_values("glasses :: scale=0", invert=True, warmup="0"), **kwargs)
+    assert back.comments == {} and flux.reported == []
+    assert (back.images - photo).abs().max() < 1e-5
+    edited = flux.generate(sega_values("smile", invert=True, warmup="0"), **kwargs)
+    change = (edited.images - photo).abs()
+    assert change[..., :4].max() > 1e-3 and change[..., 4:].max() == 0

@@ -38,8 +38,11 @@ def _forward(self, x, sigma, uncond, cond, cond_scale, s_min_uncond, image_cond)
     uncond = prompt_parser.reconstruct_cond_batch(uncond, self.step) if uncond is not None else None
 
     if self.mask is not None:
+        # A new draw from the global RNG at every call, the kept region of the input replaced
+        # by the photo noised with it (dfdcbab6, forward): A1111 gives the model the sampler's
+        # latents there.
         predictor = self.inner_model.inner_model.forge_objects.unet.model.predictor
-        noisy = predictor.noise_scaling(sigma[:, None, None, None], torch.randn_like(self.init_latent),
+        noisy = predictor.noise_scaling(sigma[:, None, None, None], torch.randn_like(self.init_latent).to(self.init_latent),
                                         self.init_latent, max_denoise=False)
         x = x * self.nmask + noisy * self.mask
 
