@@ -343,12 +343,9 @@ def invert(
     the step formulas hold for any trajectory, only its points change. `rectified_flow`: the
     host runs its rectified-flow variant of this sampler where it has one (`RECTIFIED_FLOW`).
     """
-    step_fn, _ = SAMPLERS[funcname]
-    if rectified_flow:
-        step_fn = RECTIFIED_FLOW.get(funcname, step_fn)
     check(funcname, eta, s_noise)
-    n = len(sigmas) - 1
-    if n < 1:
+    step_fn = _step_function(funcname, rectified_flow)
+    if len(sigmas) < 2:
         raise InversionError("there are no steps to invert")
     calls = 0
 
@@ -357,33 +354,21 @@ def invert(
         calls += 1
         return denoise(x, sigma)
 
-    history: dict = {}
     noises: list[torch.Tensor] = []
-    x, final = x_start, None
-    for i in range(n):
-        if on_step is not None:
-            on_step(i, 0)
-        step = _Step(
-            x, sigmas[i], sigmas[i + 1], counted,
-            (lambda i=i: on_step(i, 1)) if on_step is not None else (lambda: None),
-            draw, eta, s_noise, options or {}, history,
-        )
-        update = step_fn(step)
-        if sigmas[i + 1] > 0:
-            n_next = draw()
-            target = x0 + sigmas[i + 1] * n_next if add_noise is None else add_noise(x0, n_next, sigmas[i + 1])
-            z = (target - update.mu) / update.gain()
-            noises.extend(update.mid_noises)
-            noises.append(z)
-            # Go on from where the sampler will be — the target up to the rounding of its
-            # own `μ + z·…` — not from the target itself: then sampling with nothing acting
-            # makes these very model calls again, and rounding cannot build up over the
-            # steps (diffusers' LEDITS++ carries its recomputed x_{t−1} on for this reason).
-            x = update.add_noise(z)
-        else:
-            final = update.mu
-    if final is None:
-        raise InversionError("the schedule does not end at sigma 0")
+
+    def through_the_photo(i: int, update: _Update) -> torch.Tensor:
+        n_next = draw()
+        target = x0 + sigmas[i + 1] * n_next if add_noise is None else add_noise(x0, n_next, sigmas[i + 1])
+        z = (target - update.mu) / update.gain()
+        noises.extend(update.mid_noises)
+        noises.append(z)
+        # Go on from where the sampler will be — the target up to the rounding of its
+        # own `μ + z·…` — not from the target itself: then sampling with nothing acting
+        # makes these very model calls again, and rounding cannot build up over the
+        # steps (diffusers' LEDITS++ carries its recomputed x_{t−1} on for this reason).
+        return update.add_noise(z)
+
+    final = _walk(step_fn, counted, x_start, sigmas, draw, eta, s_noise, options, on_step, through_the_photo)
     return Inversion(tuple(noises), x0 - final, calls)
 
 
@@ -405,16 +390,25 @@ def replay(
     inversion recorded them (mid-step ones first), and its residual added to the last
     step's result. With nothing changing the model's estimates this makes the inversion's
     model calls again, with the same inputs, and ends on x₀. `on_step` as for `invert`."""
-    step_fn, _ = SAMPLERS[funcname]
-    if rectified_flow:
-        step_fn = RECTIFIED_FLOW.get(funcname, step_fn)
     recorded = NoiseReplay(inversion.noises)
 
     def draw():
         return recorded(None, None)
 
+    final = _walk(_step_function(funcname, rectified_flow), denoise, x_start, sigmas, draw, eta, s_noise, options,
+                  on_step, lambda i, update: update.add_noise(draw()))
+    return final + inversion.residual
+
+
+def _step_function(funcname: str, rectified_flow: bool):
+    step_fn, _ = SAMPLERS[funcname]
+    return RECTIFIED_FLOW.get(funcname, step_fn) if rectified_flow else step_fn
+
+
+def _walk(step_fn, denoise, x, sigmas, draw, eta, s_noise, options, on_step, advance) -> torch.Tensor:
+    """The sampler's steps from `x`: `advance(i, update)` is the x after step i's noise; the
+    last step (to σ = 0) adds none, and its result is returned."""
     history: dict = {}
-    x = x_start
     for i in range(len(sigmas) - 1):
         if on_step is not None:
             on_step(i, 0)
@@ -425,7 +419,7 @@ def replay(
         )
         update = step_fn(step)
         if sigmas[i + 1] > 0:
-            x = update.add_noise(draw())
+            x = advance(i, update)
         else:
-            return update.mu + inversion.residual
+            return update.mu
     raise InversionError("the schedule does not end at sigma 0")
