@@ -146,6 +146,15 @@ class _InversionNoise:
         return self.photo.noise.clone()
 
 
+# What both passes are guided by: the same prompt, negative and CFG remake the photo.
+GUIDED_BY = {
+    "positive": ("CONDITIONING", {"tooltip": "Describes the photo."}),
+    "negative": ("CONDITIONING",),
+    "cfg": ("FLOAT", {"default": 7.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
+                      "tooltip": "The inversion's CFG remakes the photo; another one is an edit too."}),
+}
+
+
 def _samplers():
     from comfy import samplers
 
@@ -168,13 +177,12 @@ class SegaInvertNode:
     def INPUT_TYPES(cls):
         return {"required": {
             "model": ("MODEL",),
-            "positive": ("CONDITIONING",),
-            "negative": ("CONDITIONING",),
+            **{k: v for k, v in GUIDED_BY.items() if k != "cfg"},
             "latent": ("LATENT", {"tooltip": "The photo, encoded (VAEEncode; VAEEncodeForInpaint or SetLatentNoiseMask "
                                              "for an inpaint)."}),
             "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True}),
             "steps": ("INT", {"default": 30, "min": 1, "max": 10000}),
-            "cfg": ("FLOAT", {"default": 7.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}),
+            "cfg": GUIDED_BY["cfg"],
             "sampler_name": (list(EDIT_SAMPLERS), {"default": "dpmpp_2m_sde"}),
             "scheduler": (_samplers().KSampler.SCHEDULERS,),
             "denoise": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01,
@@ -252,10 +260,7 @@ class SegaEditNode:
     def INPUT_TYPES(cls):
         return {"required": {
             "model": ("MODEL", {"tooltip": "The model from the SEGA node (or the plain one: the photo again)."}),
-            "positive": ("CONDITIONING",),
-            "negative": ("CONDITIONING",),
-            "cfg": ("FLOAT", {"default": 7.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
-                              "tooltip": "The inversion's CFG remakes the photo; another one is an edit too."}),
+            **GUIDED_BY,
             "inversion": (INVERSION_TYPE,),
         }}
 
