@@ -83,23 +83,20 @@ def parse_concepts(text: str, max_concepts: int = DEFAULT_MAX_CONCEPTS) -> Parse
     concepts: list[Concept] = []
     errors: list[ConceptError] = []
     lines: list[int] = []
-    for number, line in enumerate(_LINE_BREAKS.sub("\n", text).split("\n"), start=1):
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
+    numbered = [(number, line.strip()) for number, line in enumerate(_LINE_BREAKS.sub("\n", text).split("\n"), start=1)
+                if line.strip() and not line.strip().startswith("#")]
+    for number, stripped in numbered:
         try:
             concept = parse_line(stripped)
         except ValueError as e:
             errors.append(ConceptError(number, stripped, str(e)))
             continue
         if len(concepts) == max_concepts:
-            errors.append(
-                ConceptError(
-                    number,
-                    stripped,
-                    f"too many concepts: the limit is {max_concepts} (Settings → SEGA)",
-                )
-            )
+            # Once, at the first line over the limit: a long paste must not make a message per line.
+            if not any(e.problem.startswith("too many concepts") for e in errors):
+                errors.append(ConceptError(
+                    number, stripped,
+                    f"too many concepts: {len(numbered)} given, the limit is {max_concepts} (Settings → SEGA)"))
             continue
         concepts.append(concept)
         lines.append(number)

@@ -33,14 +33,25 @@ def concept_cond(prompt: dict, compiled: dict) -> dict:
     return concept
 
 
+# What ComfyUI's and reForge's model management raise from inside a model call when the user
+# cancels (`throw_exception_if_processing_interrupted`): it must stop the run, not SEGA.
+CANCELLED = ("InterruptProcessingException",)
+
+
+def is_cancel(error: BaseException) -> bool:
+    return any(cls.__name__ in CANCELLED for cls in type(error).__mro__)
+
+
 def call_with_lists(executor, model, conds, x, timestep, options, lists, plain_options, on_error):
     """The host's batched call with `lists` appended: (the outputs the host asked for, the
     added lists' outputs stacked [len(lists), …]). If the wider call fails (out of memory,
     say), `on_error(exception)` learns why and the host's own call is made as it would have
-    been: (its outputs, None)."""
+    been: (its outputs, None). A cancel is the user's, and goes on up."""
     try:
         out = executor(model, [*conds, *lists], x, timestep, options)
     except Exception as e:
+        if is_cancel(e):
+            raise
         on_error(e)
         return executor(model, conds, x, timestep, plain_options), None
     return out[: len(conds)], torch.stack(list(out[len(conds):]))

@@ -54,7 +54,8 @@ def _check_concept(args: SegaArgs, concept: Concept, name: str) -> None:
 
 
 def _message(e: SegaInputError) -> str:
-    return f"{e.field}: {e.problem}"
+    # The concepts' limit is the WebUI's setting; ComfyUI keeps the default.
+    return f"{e.field}: {e.problem}".replace(" (Settings → SEGA)", "")
 
 
 def _acts(args: SegaArgs) -> bool:
@@ -125,10 +126,29 @@ class SegaGuidanceNode:
         return (SegaPatch(args.with_values(show_maps=True), conds, negative, columns).install(model),)
 
 
+ENCODED_KEPT = 32  # encodings kept per CLIP
+
+
 def _encode(clip, text: str):
     """(CONDITIONING, where the text's own words are in each encoder's tokens: {encoder:
     (token columns, token count)}). ComfyUI's own prompt language applies: (word:1.2)
-    weights, embedding:name."""
+    weights, embedding:name. Kept on the CLIP object (a LoRA'd or reloaded CLIP is another
+    object): changing a setting re-runs this node, and a T5 encoding costs seconds."""
+    kept = getattr(clip, "_sega_encoded", None)
+    if kept is None:
+        kept = {}
+        try:
+            clip._sega_encoded = kept
+        except AttributeError:  # a CLIP that takes no attributes: encode every time
+            pass
+    if text not in kept:
+        if len(kept) >= ENCODED_KEPT:
+            kept.pop(next(iter(kept)))
+        kept[text] = _encode_now(clip, text)
+    return kept[text]
+
+
+def _encode_now(clip, text: str):
     tokens = clip.tokenize(text, return_word_ids=True)
     words = {}
     for key, chunks in tokens.items():

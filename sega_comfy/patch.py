@@ -148,6 +148,8 @@ class Run:
             self.stop(str(e))
             return denoised
         except Exception as e:  # ComfyUI would stop the graph: SEGA stops, the image is made
+            if cond_lists.is_cancel(e):
+                raise
             self.stop(f"an error while adding its term ({type(e).__name__}: {e})")
             return denoised
         return out
@@ -253,6 +255,8 @@ class SegaPatch:
             run = Run(self, guider, sigmas, executor.class_obj, noise, latent_image, denoise_mask,
                       extra_args.get("seed"))
         except Exception as e:  # the run goes on without SEGA, never half set up
+            if cond_lists.is_cancel(e):
+                raise
             LOG.warning("SEGA is off for this sampling run: %s: %s", type(e).__name__, e)
             return executor(guider, sigmas, extra_args, callback, noise, latent_image, denoise_mask, disable_pbar)
         options[self.key] = run  # the run's own copy of the options (CFGGuider.inner_sample)

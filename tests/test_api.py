@@ -124,7 +124,7 @@ INVALID = [
     ({"args": [True, "x :: scle=3"]}, "concepts", "line 1 (x :: scle=3): unknown key 'scle' — did you mean 'scale'?"),
     ({"args": [True, "x :: threshold=7"]}, "concepts", "line 1 (x :: threshold=7): threshold must be between 0 and 1, got 7"),
     ({"args": [True, ":: scale=2"]}, "concepts", "line 1 (:: scale=2): the concept text is empty"),
-    ({"args": [True, "\n".join(f"c{i}" for i in range(9))]}, "concepts", "line 9 (c8): too many concepts: the limit is 8 (Settings → SEGA)"),
+    ({"args": [True, "\n".join(f"c{i}" for i in range(9))]}, "concepts", "line 9 (c8): too many concepts: 9 given, the limit is 8 (Settings → SEGA)"),
     ({"args": [True, "x"] + [None] * (len(FIELDS) - 1)}, "args",
      f"takes at most {len(FIELDS)} positional values, got {len(FIELDS) + 1}"),
     ({"args": [True, "x", 5, 0.9, "5", "", 1, 0.3, 0.5, True, "yes"]}, "show_maps", "must be true or false, got 'yes'"),

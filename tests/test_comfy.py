@@ -89,13 +89,14 @@ def test_the_node_inputs_come_from_the_settings_table():
     ("smile\nglasses :: colour=red", "concepts: line 2 (glasses :: colour=red): unknown key 'colour'"),
     ("smile :: threshold=7", "concepts: line 1 (smile :: threshold=7): threshold must be between 0 and 1, got 7"),
     ("-", "concepts: line 1 (-): the concept text is empty"),
-    ("\n".join(f"c{i}" for i in range(200)), "too many concepts: the limit is"),
+    ("\n".join(f"c{i}" for i in range(200)), "concepts: line 9 (c8): too many concepts: 200 given, the limit is 8"),
     ("smile :: mask=everywhere", "concepts: line 1 (smile :: mask=everywhere): mask must be one of"),
     ("smile <lora:x:1>", "concepts[1]: <lora:x:1> is WebUI syntax"),
 ])
 def test_a_mistake_in_the_concepts_is_a_validation_error_naming_the_input_and_line(concepts, message):
     result = sega_nodes.SegaGuidanceNode.VALIDATE_INPUTS(concepts=concepts, **DEFAULTS)
     assert isinstance(result, str) and message in result, result
+    assert len(result) < 300 and "Settings" not in result  # one line, and no WebUI-only place
 
 
 def test_valid_settings_and_linked_inputs_validate():
@@ -411,6 +412,11 @@ def test_the_example_workflows_use_the_nodes_as_they_are():
     for path in workflows:
         graph = json.loads(path.read_text())
         by_id = {n["id"]: n for n in graph["nodes"]}
+        boxes = [(n["pos"][0], n["pos"][1], n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1], n["id"])
+                 for n in graph["nodes"]]
+        overlapping = [(a[4], b[4]) for a in boxes for b in boxes
+                       if a[4] < b[4] and a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]]
+        assert not overlapping, (path.name, overlapping)
         for link_id, src, src_slot, dst, dst_slot, kind in graph["links"]:
             assert by_id[src]["outputs"][src_slot]["type"] == kind == by_id[dst]["inputs"][dst_slot]["type"], path
             assert link_id in by_id[src]["outputs"][src_slot]["links"] and by_id[dst]["inputs"][dst_slot]["link"] == link_id
@@ -488,3 +494,40 @@ def test_a_guider_without_a_positive_leaves_sega_off_with_the_reason(caplog):
     with caplog.at_level(logging.WARNING, logger="sd-webui-sega"):
         assert torch.equal(run(sega(model, clip, "smiling", mask="attention")), plain)
     assert any("no positive conditioning" in r.getMessage() for r in caplog.records)
+
+
+# ---- cancel, cached encodings ------------------------------------------------------------------------
+
+def test_a_cancel_inside_the_batched_call_stops_the_run_instead_of_sega(caplog):
+    """ComfyUI checks /interrupt inside every model op and raises from the model call; SEGA's
+    wrapper must let it through (before, it turned SEGA off and the run went on)."""
+    import comfy.model_management as mm
+    import comfy.patcher_extension as pe
+
+    model, clip = host.checkpoint("sd1")
+    guided = sega(model, clip, "smiling").clone()
+    calls = []
+
+    def interrupting(executor, *args, **kwargs):  # as comfy/ops.py's run_every_op
+        calls.append(1)
+        if len(calls) == 3:
+            mm.interrupt_current_processing(True)
+        mm.throw_exception_if_processing_interrupted()
+        return executor(*args, **kwargs)
+
+    pe.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, "ops", interrupting, guided.model_options,
+                            is_model_options=True)
+    with caplog.at_level(logging.WARNING, logger="sd-webui-sega"), pytest.raises(mm.InterruptProcessingException):
+        host.txt2img(guided, clip)
+    assert len(calls) == 3
+    assert not [r for r in caplog.records if "SEGA is off" in r.getMessage()]
+
+
+def test_a_concepts_encoding_is_kept_on_its_clip():
+    model, clip = host.checkpoint("sd1")
+    vars(clip).pop("_sega_encoded", None)
+    clip.encoded.clear()
+    sega(model, clip, "dimples\n-freckles :: scale=3", scale=4.0)
+    encoded = len(clip.encoded)
+    sega(model, clip, "dimples\n-freckles :: scale=3", scale=6.0, mask="attention")
+    assert len(clip.encoded) == encoded == 3  # the two concepts and the empty negative, once

@@ -104,9 +104,8 @@ def test_too_many_concepts():
     text = "\n".join(f"c{i}" for i in range(10))
     result = parse_concepts(text, max_concepts=8)
     assert len(result.concepts) == 8
-    assert [str(e) for e in result.errors] == [
-        "line 9 (c8): too many concepts: the limit is 8 (Settings → SEGA)",
-        "line 10 (c9): too many concepts: the limit is 8 (Settings → SEGA)",
+    assert [str(e) for e in result.errors] == [  # once, however many lines are over the limit
+        "line 9 (c8): too many concepts: 10 given, the limit is 8 (Settings → SEGA)",
     ]
     assert parse_concepts(text, max_concepts=10).ok
 
@@ -188,3 +187,27 @@ def test_extra_network_tags_are_left_out_of_concepts():
     html = render_preview("smile <lora:happy:0.8>")
     assert 'class="sega-notes"' in html and "&lt;lora:happy:0.8&gt; left out" in html
     assert 'class="sega-notes"' not in render_preview("smile")
+
+
+def test_a_cancel_passes_through_the_call_with_the_concepts_lists():
+    from sega.cond_lists import call_with_lists
+
+    class InterruptProcessingException(Exception):  # ComfyUI's and reForge's, by name
+        pass
+
+    def cancelled(*args):
+        raise InterruptProcessingException()
+
+    seen = []
+    with pytest.raises(InterruptProcessingException):
+        call_with_lists(cancelled, None, [[1], [2]], None, None, {}, [[3]], {}, seen.append)
+    assert seen == []
+
+    def out_of_memory(model, conds, *args):
+        if len(conds) > 2:
+            raise MemoryError("no room")
+        return ["cond", "uncond"]
+
+    assert call_with_lists(out_of_memory, None, [[1], [2]], None, None, {}, [[3]], {}, seen.append) == (
+        ["cond", "uncond"], None)
+    assert [type(e).__name__ for e in seen] == ["MemoryError"]

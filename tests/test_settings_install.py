@@ -40,7 +40,7 @@ def test_concept_limit_setting(host):
     host.w.shared.opts.sega_max_concepts = 2
     result = host.generate(sega_values("a\nb\nc"))
     assert list(result.comments) == [
-        "SEGA off (concepts): line 3 (c): too many concepts: the limit is 2 (Settings → SEGA)"
+        "SEGA off (concepts): line 3 (c): too many concepts: 3 given, the limit is 2 (Settings → SEGA)"
     ]
 
 
