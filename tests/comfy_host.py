@@ -33,14 +33,21 @@ def checkpoint(kind: str = "sd1"):
     """(MODEL, CLIP) of a tiny checkpoint: "sd1", "sdxl", "v" (v-prediction), "quarter" (SD 1.x
     with cross-attention on the latent/4 grid, where the implicit masks read), "flux" (a
     flow model with a distilled guidance input, ModelSamplingFlux) or "flux-bfl" (the same
-    sampling over a tiny transformer in Black Forest Labs' layout, as ComfyUI's Flux)."""
+    sampling over a tiny transformer in Black Forest Labs' layout, as ComfyUI's Flux) or "sd3"
+    (SD3's MMDiT layout, ModelSamplingDiscreteFlow)."""
     if kind not in _MODELS:
         if kind == "quarter":
             ldm = tiny_models.TinyLDM("sd1", seed=0, unet_model=tiny_models.quarter_unet(seed=2))
         else:
-            ldm = tiny_models.TinyLDM("sd1" if kind.startswith("flux") else kind, seed=0)
+            ldm = tiny_models.TinyLDM("sd1" if kind.startswith("flux") or kind == "sd3" else kind, seed=0)
         if kind == "flux":
             base = comfy.model_base.Flux(tiny_models.TinyFlow(seed=3), comfy.model_sampling.model_sampling(prediction="flux"))
+        elif kind == "sd3":
+            from comfy.ldm.modules.diffusionmodules.mmdit import OpenAISignatureMMDITWrapper
+
+            torch.manual_seed(6)
+            network = OpenAISignatureMMDITWrapper(in_channels=4, context_dim=32, adm_in_channels=32).eval()
+            base = comfy.model_base.SD3(network, comfy.model_sampling.model_sampling(prediction="sd3"))
         elif kind == "flux-bfl":
             from comfy.ldm.flux.model import Flux
 

@@ -194,7 +194,8 @@ class Spy:
         return args["denoised"]
 
 
-@pytest.mark.parametrize("kind, sampler", [("sd1", "euler"), ("v", "heun"), ("sdxl", "dpmpp_2m"), ("flux", "euler")])
+@pytest.mark.parametrize("kind, sampler", [("sd1", "euler"), ("v", "heun"), ("sdxl", "dpmpp_2m"), ("flux", "euler"),
+                                           ("sd3", "euler")])
 def test_the_term_is_the_engines_on_the_batched_calls_outputs_in_float64(kind, sampler):
     model, clip = host.checkpoint(kind)
     text = "smiling\n-glasses :: scale=3 threshold=0.9"
@@ -205,7 +206,7 @@ def test_the_term_is_the_engines_on_the_batched_calls_outputs_in_float64(kind, s
     steps = {"euler": list(range(5)), "dpmpp_2m": list(range(5)), "heun": [0, 0, 1, 1, 2, 2, 3, 3, 4]}[sampler]
     assert len(spy.calls) == len(steps) == len(spy.results)
     reference = args.guidance(5)
-    space = spaces.FLOW if kind == "flux" else spaces.DENOISED
+    space = spaces.FLOW if kind in ("flux", "sd3") else spaces.DENOISED
     for call, result, step in zip(spy.calls, spy.results, steps, strict=True):
         out = [o.double() for o in call["out"]]
         x, sigma = call["x"].double(), call["sigma"].double()
@@ -445,31 +446,33 @@ def test_the_example_workflows_use_the_nodes_as_they_are():
             assert inputs == set(cls.INPUT_TYPES()["required"]) - set(widgets) | set(cls.INPUT_TYPES().get("optional", {}))
 
 
-def test_flux_masks_read_the_joint_attention_of_the_concepts_rows_in_the_batched_call(monkeypatch):
-    """A transformer in Black Forest Labs' layout (ComfyUI's Flux): the concept rows' image →
-    word attention read from ComfyUI's batched call at CFG 1 (with SEGA's own negative in it)
-    equals the same reading of a call of the concept rows alone."""
+@pytest.mark.parametrize("kind, cfg", [("flux-bfl", 1.0), ("sd3", 5.0)])
+def test_dit_masks_read_the_joint_attention_of_the_concepts_rows_in_the_batched_call(monkeypatch, kind, cfg):
+    """Transformers in Black Forest Labs' layout (ComfyUI's Flux, at CFG 1 with SEGA's own
+    negative in the call) and SD3's MMDiT: the concept rows' image → word attention read from
+    ComfyUI's batched call equals the same reading of a call of the concept rows alone."""
     from sega.joint_attention import JointAttention, patch_grid
 
-    model, clip = host.checkpoint("flux-bfl")
+    model, clip = host.checkpoint(kind)
     maps = masks_seen(monkeypatch)
     spy = Spy(sega(model, clip, "smiling", mask="attention", warmup="0", momentum_scale=0.0))
-    plain = host.txt2img(model, clip, cfg=1.0, steps=3, size=32)
-    guided = host.txt2img(spy.model, clip, cfg=1.0, steps=3, size=32)
+    plain = host.txt2img(model, clip, cfg=cfg, steps=3, size=32)
+    guided = host.txt2img(spy.model, clip, cfg=cfg, steps=3, size=32)
     assert (guided - plain).abs().max() > 1e-4
     smiling = host.clip_columns(clip, "smiling")
     for call, seen in zip(spy.calls, maps, strict=True):
-        assert len(call["conds"]) == 4 and call["conds"][1] is None  # [positive, None, concept, SEGA's negative]
-        lists = call["conds"][2][0]["model_conds"]
+        concept = call["conds"][2][0]["model_conds"]
+        if cfg == 1.0:
+            assert len(call["conds"]) == 4 and call["conds"][1] is None  # [positive, None, concept, SEGA's negative]
         x, sigma = call["x"], call["sigma"]
         grid = patch_grid(*x.shape[-2:])
-        rows = torch.zeros((1, lists["c_crossattn"].cond.shape[1]))
+        rows = torch.zeros((1, concept["c_crossattn"].cond.shape[1]))
         rows[0, smiling] = 1.0
         reference = JointAttention(model.model.diffusion_model)
         reference.arm(0, 1, grid, rows)
+        extra = {k: v.cond for k, v in concept.items() if k != "c_crossattn"}
         with torch.no_grad():
-            model.model.apply_model(x, sigma, c_crossattn=lists["c_crossattn"].cond, y=lists["y"].cond,
-                                    guidance=lists["guidance"].cond)
+            model.model.apply_model(x, sigma, c_crossattn=concept["c_crossattn"].cond, **extra)
         expected = reference.collect(grid)
         assert seen.shape == (1, 1, *grid)
         assert torch.allclose(seen[0], expected, atol=1e-6)
@@ -531,3 +534,27 @@ def test_a_concepts_encoding_is_kept_on_its_clip():
     encoded = len(clip.encoded)
     sega(model, clip, "dimples\n-freckles :: scale=3", scale=6.0, mask="attention")
     assert len(clip.encoded) == encoded == 3  # the two concepts and the empty negative, once
+
+
+def test_another_patchs_own_model_call_in_a_post_cfg_function_is_left_alone():
+    """PAG and SAG make a call of their own from a post-CFG function with one cond list:
+    SEGA adds nothing to it, and its own term is the same as without that patch's call."""
+    import comfy.samplers
+
+    model, clip = host.checkpoint("sd1")
+    seen = []
+
+    def pag_like(args):
+        out = comfy.samplers.calc_cond_batch(args["model"], [args["cond"]], args["input"], args["sigma"],
+                                             args["model_options"])
+        seen.append(len(out))
+        return args["denoised"]  # it only looks: the image must be SEGA's alone
+
+    guided = sega(model, clip, "smiling")
+    beside = guided.clone()
+    beside.set_model_sampler_post_cfg_function(pag_like)
+    host.calls(model).clear()
+    result = host.txt2img(beside, clip, steps=4)
+    assert seen == [1] * 4
+    assert host.calls(model) == [3, 1] * 4  # SEGA's (2 + 1)·B call, then the patch's own B rows
+    assert torch.equal(result, host.txt2img(guided, clip, steps=4))

@@ -178,3 +178,12 @@ def test_the_inversion_runs_without_the_sega_node_it_is_given():
     through_sega = invert(sega(model, clip, "smiling"), clip, latent)
     plain = invert(model, clip, latent)
     assert all(torch.equal(a, b) for a, b in zip(through_sega.inversion.noises, plain.inversion.noises, strict=True))
+
+
+def test_sd3_comes_back_through_its_rectified_flow_sampler_and_takes_the_concepts():
+    model, clip = host.checkpoint("sd3")
+    latent = photo(batch=1)
+    inversion = invert(model, clip, latent, "euler_ancestral", cfg=5.0)
+    assert inversion.flow
+    assert (edit(model, clip, inversion, cfg=5.0) - latent["samples"]).abs().max() < 1e-5
+    assert (edit(sega(model, clip, "smiling"), clip, inversion, cfg=5.0) - latent["samples"]).abs().max() > 1e-3

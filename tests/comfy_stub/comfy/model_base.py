@@ -4,7 +4,8 @@ each call) plus what ComfyUI 0.8.0's classes add on it: `extra_conds` (the model
 dict becomes: `c_crossattn` CONDCrossAttn, `y` from `encode_adm`), `process_latent_in/out`
 (identity: the tiny VAE-less latents have scale 1). `SDXL.encode_adm`: the pooled output and
 the size, as the tiny SDXL's vector. `Flux.extra_conds`: `c_crossattn` CONDRegular and
-`guidance` (the dict's value, default 3.5; None → left out) and `y` (the pooled output)."""
+`guidance` (the dict's value, default 3.5; None → left out) and `y` (the pooled output).
+`SD3.extra_conds`: `c_crossattn` CONDRegular and `y`."""
 
 import torch
 
@@ -44,6 +45,14 @@ class SDXL(BaseModel):
         pooled = torch.nn.functional.pad(pooled, (0, self.VECTOR - 2 - pooled.shape[1]))
         size = torch.tensor([[kwargs["width"] / 1024, kwargs["height"] / 1024]]).expand(pooled.shape[0], 2)
         return torch.cat([pooled, size.to(pooled)], dim=1)
+
+
+class SD3(BaseModel):
+    def extra_conds(self, **kwargs):
+        out = {"c_crossattn": conds.CONDRegular(kwargs["cross_attn"])}
+        if kwargs.get("pooled_output") is not None:
+            out["y"] = conds.CONDRegular(kwargs["pooled_output"])
+        return out
 
 
 class Flux(BaseModel):
