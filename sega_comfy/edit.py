@@ -88,10 +88,10 @@ class PhotoInversion:
 
     def _replay(self, model, x, sigmas, extra_args, callback):
         if self.x_start is not None and (x.shape != self.x_start.shape or not torch.equal(x, self.x_start.to(x))):
-            raise ValueError(
-                "SEGA edit: the latent to sample from is not the photo that was inverted "
-                f"(got {tuple(x.shape)}, the inversion has {tuple(self.x_start.shape)}; give the edit the same "
-                "LATENT, noise, σs and seed as the inversion)")
+            got = (f"another latent of the same shape {tuple(x.shape)}" if x.shape == self.x_start.shape else
+                   f"a latent of shape {tuple(x.shape)}, the inversion's is {tuple(self.x_start.shape)}")
+            raise ValueError(f"SEGA edit: the latent to sample from is not the photo that was inverted ({got}); give "
+                             "the edit the same LATENT, noise and σs as the inversion")
         return replay(self.funcname, _denoiser(model, x, extra_args), x, sigmas, self.inversion, eta=self.eta,
                       s_noise=self.s_noise, options=self.options, on_step=_reporter(callback, x),
                       rectified_flow=self.flow)

@@ -268,14 +268,15 @@ class SegaPatch:
 
         try:
             samples = executor(guider, sigmas, extra_args, counted, noise, latent_image, denoise_mask, disable_pbar)
-            self._keep(run, guider, samples)
-            return samples
         finally:
             options.pop(self.key, None)
             if run.masks is not None:
                 run.masks.disarm()  # a run that stopped mid-step leaves no hook behind
-            if not run.calls and not run.stopped:
-                LOG.warning("SEGA did not act in this run: it needs %s", GUIDERS)
+        # Only a run that went through says whether SEGA joined it (a failing sampler says why itself).
+        if not run.calls and not run.stopped:
+            LOG.warning("SEGA did not act in this run: it needs %s", GUIDERS)
+        self._keep(run, guider, samples)
+        return samples
 
     def _keep(self, run: Run, guider, samples) -> None:
         maps = run.guidance.maps

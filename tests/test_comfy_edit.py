@@ -5,6 +5,8 @@ SamplerCustomAdvanced path, the cached inversion, progress and interrupt, bad in
 
 from __future__ import annotations
 
+import logging
+
 import comfy_host as host
 import pytest
 import torch
@@ -134,19 +136,22 @@ def test_sampler_custom_advanced_replays_the_inversion_with_basic_guider():
         noise.generate_noise(photo(batch=1, size=16))
 
 
-def test_another_photo_than_the_one_inverted_is_a_clear_error():
+def test_another_photo_than_the_one_inverted_is_a_clear_error(caplog):
     import comfy.samplers
     from comfy_extras.nodes_custom_sampler import sample_custom
 
     model, clip = host.checkpoint("sd1")
     inversion = invert(model, clip, photo(), denoise=0.6)
     noise, sampler, sigmas = sega_edit.SegaInversionSamplerNode().unpack(inversion)
-    guider = comfy.samplers.CFGGuider(model)
+    guider = comfy.samplers.CFGGuider(sega(model, clip, "smiling"))
     guider.set_conds(host.encode(clip, "a photo of a man"), host.encode(clip, ""))
     guider.set_cfg(7.0)
     other = photo(seed=99)
-    with pytest.raises(ValueError, match="not the photo that was inverted"), torch.no_grad():
-        sample_custom(noise.generate_noise(other), guider, sampler, sigmas, other, noise.seed)
+    with caplog.at_level(logging.WARNING, logger="sd-webui-sega"):
+        with pytest.raises(ValueError, match="not the photo that was inverted .another latent of the same shape"), \
+                torch.no_grad():
+            sample_custom(noise.generate_noise(other), guider, sampler, sigmas, other, noise.seed)
+    assert not [r for r in caplog.records if "did not act" in r.getMessage()]  # the error says why, alone
 
 
 def test_a_deterministic_sampler_is_refused_naming_the_ones_that_work():
