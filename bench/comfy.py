@@ -2,6 +2,7 @@
 
     python bench/comfy.py              # CPU, the tiny shape of bench/run.py, about a minute
     python bench/comfy.py --edit       # the photo edit (sega_comfy/edit.py), about a minute
+    python bench/comfy.py --masks      # the implicit masks, SD 1.5 shape at 512² (CPU: about 20 minutes)
 
 ComfyUI evaluates the prompt and the negative prompt as two cond lists of one batched call;
 SEGA appends one list per acting concept to that call, so a SEGA step can cost no less than
@@ -80,9 +81,9 @@ class Bench:
             self.ksampler.sample(model, 1, s.steps, 7.0, "euler", "normal", self.positive, self.negative, start)
         return (time.perf_counter() - t) / s.steps
 
-    def sega(self, n: int):
+    def sega(self, n: int, mask: str = "threshold"):
         return SegaGuidanceNode().apply(self.model, self.clip, "\n".join(CONCEPTS[:n]), 5.0, 0.95, "0", "", 1.0, 0.3,
-                                        0.6)[0]
+                                        0.6, mask)[0]
 
     def median_of(self, models):
         for m in models:
@@ -177,11 +178,74 @@ def edit_table(bench) -> list[str]:
             f"{s.steps} steps (float32 noises, residual and start noise: latent-sized tensors, one per step)."]
 
 
+def masks_table(repeats: int) -> list[str]:
+    """A SEGA step with two concepts under each mask, against the same step with the
+    threshold alone: what reading the concept rows' cross-attention (the attn2 patch) and
+    the masks' arithmetic add, and the time inside the reader. On SD 1.5's UNet shape at
+    512² (random weights; 4 steps: the per-step cost is what is measured)."""
+    from dataclasses import replace
+
+    from run import SD15
+
+    bench = Bench(replace(SD15, steps=4), repeats)
+    models = [bench.sega(2, mask) for mask in ("threshold", "attention", "intersect")]
+    threshold, attention, intersect = bench.median_of(models)
+    inside = _reader_time(bench, models[1])
+    s = bench.shape
+    return [f"### ComfyUI stand-in, implicit masks — {s.name}, {s.steps} steps "
+            f"(KSampler, euler), 2 concepts, CPU float32, torch {torch.__version__}, {torch.get_num_threads()} threads",
+            "", "| mask | per step (ms) | ÷ threshold |", "|---|---|---|",
+            f"| threshold | {threshold * 1e3:.2f} | |",
+            f"| attention | {attention * 1e3:.2f} | {attention / threshold:.3f} |",
+            f"| intersect | {intersect * 1e3:.2f} | {intersect / threshold:.3f} |", "",
+            f"Inside the masks' reader (the attn2 patch's recomputed attention of the concept rows, arming, reading "
+            f"back), mask attention: {inside * 1e3:.3f} ms per step = {100 * inside / attention:.2f} % of the step "
+            f"(target ≤ 3 %: {'yes' if inside <= 0.03 * attention else 'NO'})."]
+
+
+def _reader_time(bench, model) -> float:
+    """Seconds per step inside the masks' reader during `model`'s runs."""
+    import sega_comfy.patch as patch
+    from sega.attention import PatchedAttention
+
+    spent = [0.0]
+    names = ("patch", "collect", "arm_lists")
+    real = {name: getattr(PatchedAttention, name) for name in names}
+    real_columns = patch.Run._columns
+
+    def timed(function):
+        def run(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                spent[0] += time.perf_counter() - t
+        return run
+
+    for name in names:
+        setattr(PatchedAttention, name, timed(real[name]))
+    patch.Run._columns = timed(real_columns)
+    try:
+        bench.generate(model)
+        spent[0] = 0.0
+        for _ in range(bench.repeats):
+            bench.generate(model)
+    finally:
+        for name in names:
+            setattr(PatchedAttention, name, real[name])
+        patch.Run._columns = real_columns
+    return spent[0] / (bench.repeats * bench.shape.steps)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--edit", action="store_true", help="the photo edit instead of the guidance path")
+    parser.add_argument("--masks", action="store_true", help="what the implicit masks add to a SEGA step")
     args = parser.parse_args()
+    if args.masks:
+        print("\n".join(masks_table(args.repeats)))
+        return
     bench = Bench(TINY, args.repeats)
     print("\n".join(edit_table(bench) if args.edit else table(bench)))
 
