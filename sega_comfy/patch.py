@@ -62,6 +62,7 @@ class Run:
         self.seen = None  # (step, active, concept outputs, negative output, masks armed) of the step's call
         self.calls = 0  # the step's calls SEGA joined
         self.masks = self.own_negative = None
+        self.columns_made: dict = {}
         if not self.positive:
             self.stop("the sampler has no positive conditioning to steer from")
             return
@@ -120,8 +121,15 @@ class Run:
         return out
 
     def _columns(self, active, batch: int, concept: dict, device) -> torch.Tensor:
-        """[K·B, L]: 1 at each acting concept's own token columns in its context."""
+        """[K·B, L]: 1 at each acting concept's own token columns in its context (made once
+        per set of acting concepts: the step's hot path only looks it up)."""
         length = concept["model_conds"]["c_crossattn"].cond.shape[1]
+        key = (tuple(active), batch, length, device)
+        if key not in self.columns_made:
+            self.columns_made[key] = self._make_columns(active, batch, length, device)
+        return self.columns_made[key]
+
+    def _make_columns(self, active, batch: int, length: int, device) -> torch.Tensor:
         out = torch.zeros((len(active), length))
         for row, i in enumerate(active):
             out[row, [c for c in _context_columns(self.masks, self.patch.columns[i], length) if c < length]] = 1.0
